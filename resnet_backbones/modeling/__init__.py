@@ -1,0 +1,17 @@
+"""Plain-PyTorch backbones (never imports detectron2)."""
+from .fpn import FPN, TOP_BLOCKS, LastLevelMaxPool, LastLevelP6P7, build_resnet_fpn
+from .norm import NORM_NAMES, FrozenBatchNorm2d, get_norm
+from .resnet import (
+    RESNET_DEPTHS,
+    BasicBlock,
+    BasicStem,
+    BlockBase,
+    BottleneckBlock,
+    Conv2d,
+    PreActBasicBlock,
+    PreActBottleneckBlock,
+    ResNet,
+    ShapeSpec,
+    build_resnet,
+    make_stage,
+)

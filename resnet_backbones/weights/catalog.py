@@ -1,0 +1,81 @@
+"""Named weight sources and where they come from.
+
+A source is a local path or one of:
+
+- ``torchvision://ResNet101_Weights.IMAGENET1K_V2``: fetched through torchvision's own weights API
+  (``torchvision.models.get_weight``), cached by torch hub.
+- ``detectron2://ImageNetPretrained/MSRA/R-50.pkl``: a file of detectron2's model zoo (MSRA caffe2
+  R-50/R-101, FAIR X-101-32x8d, or any detectron2 model), downloaded once into the cache folder.
+- ``timm://resnet50.a1_in1k``: a timm model's pretrained state dict (needs ``pip install timm``).
+- ``https://...``: any URL, downloaded once into the cache folder.
+
+The cache folder is ``$RESNET_BACKBONES_CACHE``, else ``~/.cache/resnet_backbones``.
+"""
+import os
+from typing import Any, Tuple
+
+from .formats import WeightsError
+
+__all__ = ["DETECTRON2_PREFIX", "cache_dir", "fetch_source", "is_named_source"]
+
+DETECTRON2_PREFIX = "https://dl.fbaipublicfiles.com/detectron2/"
+_SCHEMES = ("torchvision://", "detectron2://", "timm://", "https://", "http://")
+
+
+def cache_dir() -> str:
+    return os.environ.get("RESNET_BACKBONES_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "resnet_backbones"))
+
+
+def is_named_source(source: str) -> bool:
+    return source.startswith(_SCHEMES)
+
+
+def _download(url: str) -> str:
+    from torch.hub import download_url_to_file
+
+    dest = os.path.join(cache_dir(), url.split("://", 1)[1])
+    if os.path.isfile(dest):
+        return dest
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    try:
+        download_url_to_file(url, dest, progress=True)  # writes a temp file and renames: atomic
+    except Exception as e:
+        raise WeightsError(
+            f"could not download {url} ({e}). Without network access, download it elsewhere and pass "
+            f"the local path, or place it at {dest}"
+        ) from e
+    return dest
+
+
+def fetch_source(source: str) -> Tuple[Any, str]:
+    """Resolve ``source`` to (a local path or an in-memory state dict, format hint)."""
+    if source.startswith("torchvision://"):
+        import torchvision
+
+        name = source[len("torchvision://"):]
+        try:
+            weights = torchvision.models.get_weight(name)
+        except (ValueError, KeyError, AttributeError) as e:
+            raise WeightsError(f"{source}: torchvision knows no weights named {name!r} ({e})") from e
+        try:
+            return weights.get_state_dict(progress=True, check_hash=True), "torchvision"
+        except Exception as e:
+            raise WeightsError(
+                f"could not fetch {source} ({e}). Without network access, save "
+                f"torchvision.models.{name.split('_Weights')[0].lower()}(weights='{name.split('.')[-1]}')"
+                ".state_dict() elsewhere and pass that file"
+            ) from e
+    if source.startswith("timm://"):
+        try:
+            import timm
+        except ImportError as e:
+            raise WeightsError(f"{source} needs timm: pip install timm (or pass a saved timm checkpoint file)") from e
+        try:
+            return timm.create_model(source[len("timm://"):], pretrained=True).state_dict(), "timm"
+        except Exception as e:
+            raise WeightsError(f"could not fetch {source} through timm ({e})") from e
+    if source.startswith("detectron2://"):
+        return _download(DETECTRON2_PREFIX + source[len("detectron2://"):]), "auto"
+    if source.startswith(("https://", "http://")):
+        return _download(source), "auto"
+    return source, "auto"

@@ -1,0 +1,335 @@
+"""Read ImageNet/detection checkpoints of every common ResNet format and rename them to ours.
+
+Formats (``format=``):
+- ``torchvision``: ``conv1.weight``, ``bn1.*``, ``layer1.0.conv1.weight``, ``layer1.0.downsample.0.*``, ``fc.*``.
+- ``timm``: timm's ResNet/ResNeXt use torchvision's names; its training checkpoints wrap them in
+  ``state_dict``/``state_dict_ema``. Deep-stem variants (ResNet-D, ``conv1.0.weight``) are refused.
+- ``caffe2``: MSRA/FAIR Detectron ``.pkl`` blobs (``conv1_w``, ``res_conv1_bn_s``,
+  ``res2_0_branch2a_w``, ``res2_0_branch1_bn_b``), optionally under ``blobs`` or ``model``.
+- ``detectron2``: ``{"model": {...}}`` with ``backbone.bottom_up.res2.0.conv1.weight`` (FPN models) or
+  ``backbone.res2...`` names; also the files written by ``tools/convert_weights.py``.
+
+Weight files are untrusted input: ``.pkl`` files go through :class:`RestrictedUnpickler` (numpy arrays
+and plain containers only) and everything else through ``torch.load(weights_only=True)``.
+"""
+import io
+import os
+import pickle
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+import numpy as np
+import torch
+
+__all__ = [
+    "Conventions",
+    "TORCHVISION_CONVENTIONS",
+    "MSRA_CONVENTIONS",
+    "FAIR_RESNEXT_CONVENTIONS",
+    "FORMATS",
+    "Weights",
+    "WeightsError",
+    "RestrictedUnpickler",
+    "load_pickle",
+    "load_file",
+    "parse_weights",
+]
+
+FORMATS = ("auto", "torchvision", "timm", "caffe2", "detectron2")
+
+
+class WeightsError(ValueError):
+    """A weight file that cannot be read, or that does not fit the model it is loaded into."""
+
+
+@dataclass(frozen=True)
+class Conventions:
+    """Input conventions implied by a weight source (design.md, "Weight sources").
+
+    stride_in_1x1: where bottleneck blocks put their stride (None: the source does not say).
+    input_format: "RGB" or "BGR" channel order of the 0-255 input.
+    pixel_mean, pixel_std: per channel, in ``input_format`` order.
+    """
+
+    stride_in_1x1: Optional[bool]
+    input_format: str
+    pixel_mean: Tuple[float, float, float]
+    pixel_std: Tuple[float, float, float]
+    name: str = ""
+
+    def as_dict(self) -> Dict[str, Any]:
+        d = asdict(self)
+        d["pixel_mean"], d["pixel_std"] = list(self.pixel_mean), list(self.pixel_std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Conventions":
+        return cls(
+            stride_in_1x1=d["stride_in_1x1"],
+            input_format=str(d["input_format"]),
+            pixel_mean=tuple(float(v) for v in d["pixel_mean"]),
+            pixel_std=tuple(float(v) for v in d["pixel_std"]),
+            name=str(d.get("name", "")),
+        )
+
+
+TORCHVISION_CONVENTIONS = Conventions(False, "RGB", (123.675, 116.28, 103.53), (58.395, 57.12, 57.375), "torchvision")
+MSRA_CONVENTIONS = Conventions(True, "BGR", (103.53, 116.28, 123.675), (1.0, 1.0, 1.0), "MSRA caffe2")
+# FAIR's caffe2 ResNeXt ImageNet models (e.g. detectron2's X-101-32x8d.pkl): stride in the 3x3,
+# BGR input scaled by the ImageNet std (detectron2's X_101_32x8d_FPN configs).
+FAIR_RESNEXT_CONVENTIONS = Conventions(False, "BGR", (103.53, 116.28, 123.675), (57.375, 57.12, 58.395), "FAIR caffe2 ResNeXt")
+
+
+@dataclass
+class Weights:
+    """A checkpoint renamed to our names.
+
+    body: tensors of the ResNet body, named as in :class:`~resnet_backbones.modeling.ResNet`
+        (``stem.conv1.weight``, ``res2.0.conv1.norm.weight``; a classifier as ``linear.*``).
+    extra: the remaining tensors of a detectron2 checkpoint (FPN, heads), with their full names.
+    format: the detected or requested format.
+    conventions: input conventions the source implies, or None where the file does not say.
+    dropped: source keys dropped on purpose (BatchNorm counters, caffe2 momentum blobs).
+    """
+
+    body: Dict[str, torch.Tensor]
+    format: str
+    conventions: Optional[Conventions]
+    extra: Dict[str, torch.Tensor] = field(default_factory=dict)
+    dropped: List[str] = field(default_factory=list)
+    source: str = ""
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """Unpickles numpy arrays, numpy scalars and plain containers; refuses every other global.
+
+    A pickle can name any importable callable (``os.system``, ...) to be run while loading; only
+    the globals numpy needs to rebuild arrays are admitted here, so a hostile file raises
+    :class:`WeightsError` before anything it names is called.
+    """
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("collections", "OrderedDict"),
+        ("_codecs", "encode"),  # how protocol-2 pickles store bytes
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise WeightsError(
+                f"refusing to unpickle {module}.{name}: weight .pkl files may hold only numpy arrays and "
+                "plain containers (the file is malformed or hostile)"
+            )
+        return super().find_class(module, name)
+
+
+def load_pickle(data: bytes) -> Any:
+    """Unpickle ``data`` with :class:`RestrictedUnpickler` (latin1 for Python 2 caffe2 pickles)."""
+    try:
+        return RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
+    except WeightsError:
+        raise
+    except Exception as e:  # truncated or not a pickle at all
+        raise WeightsError(f"not a readable .pkl weight file: {e}") from e
+
+
+def load_file(path: str) -> Any:
+    """Read a weight file safely: ``.pkl`` by the restricted unpickler, others by torch.load(weights_only)."""
+    if not os.path.isfile(path):
+        raise WeightsError(f"weight file {path!r} does not exist")
+    if path.endswith(".pkl"):
+        with open(path, "rb") as f:
+            return load_pickle(f.read())
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise WeightsError(
+            f"{path!r} holds objects other than tensors and plain containers; torch.load(weights_only=True) "
+            f"refused it ({str(e).splitlines()[0]}). Re-save only its state_dict."
+        ) from e
+    except Exception as e:
+        raise WeightsError(f"cannot read weight file {path!r}: {e}") from e
+
+
+def _unwrap(obj: Any) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """Return (state dict, metadata) from the wrappers used by torchvision/timm/detectron2/caffe2."""
+    meta: Dict[str, Any] = {}
+    if not isinstance(obj, Mapping):
+        raise WeightsError(f"a weight file must hold a dict of tensors, got {type(obj).__name__}")
+    for key in ("model", "state_dict", "blobs", "model_state"):
+        if key in obj and isinstance(obj[key], Mapping):
+            meta = {k: v for k, v in obj.items() if k != key and not isinstance(v, (Mapping, torch.Tensor, np.ndarray))}
+            if "conventions" in obj and isinstance(obj["conventions"], Mapping):
+                meta["conventions"] = obj["conventions"]
+            obj = obj[key]
+            break
+    state = dict(obj)
+    if state and all(k.startswith("module.") for k in state):  # saved from DataParallel/DDP
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state, meta
+
+
+def _to_tensor(name: str, value: Any) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(value))
+    raise WeightsError(f"entry {name!r} is a {type(value).__name__}, not an array")
+
+
+_TV_RE = re.compile(r"^layer(\d)\.(\d+)\.(conv\d|bn\d|downsample\.[01])\.(.+)$")
+
+
+def _from_torchvision(state: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], List[str]]:
+    if "conv1.0.weight" in state:
+        raise WeightsError(
+            "this checkpoint has a deep (3-conv) stem, as timm's ResNet-D variants (resnet50d, ...); "
+            "those bodies are not the paper's ResNet and are not supported"
+        )
+    body, unknown = {}, []
+    for k, v in state.items():
+        if k.startswith("fc."):
+            body["linear." + k[3:]] = v
+        elif k.startswith("conv1."):
+            body["stem.conv1." + k[6:]] = v
+        elif k.startswith("bn1."):
+            body["stem.conv1.norm." + k[4:]] = v
+        else:
+            m = _TV_RE.match(k)
+            if not m:
+                unknown.append(k)
+                continue
+            stage, block, layer, leaf = m.groups()
+            prefix = f"res{int(stage) + 1}.{block}."
+            if layer.startswith("conv"):
+                name = prefix + f"{layer}.{leaf}"
+            elif layer.startswith("bn"):
+                name = prefix + f"conv{layer[2:]}.norm.{leaf}"
+            elif layer == "downsample.0":
+                name = prefix + f"shortcut.{leaf}"
+            else:
+                name = prefix + f"shortcut.norm.{leaf}"
+            body[name] = v
+    if unknown:
+        raise WeightsError(f"{len(unknown)} keys are not torchvision ResNet names: {sorted(unknown)[:20]}")
+    return body, []
+
+
+_C2_RE = re.compile(r"^res(\d)_(\d+)_branch(1|2a|2b|2c)_(w|bn_s|bn_b|gn_s|gn_b)$")
+_C2_LAYER = {"1": "shortcut", "2a": "conv1", "2b": "conv2", "2c": "conv3"}
+_C2_LEAF = {"w": "weight", "bn_s": "norm.weight", "bn_b": "norm.bias", "gn_s": "norm.weight", "gn_b": "norm.bias"}
+_AFFINE_EPS = 1e-5  # FrozenBatchNorm2d / BatchNorm2d eps: running_var = 1 - eps makes the map exact
+
+
+def _from_caffe2(state: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], List[str]]:
+    body, unknown, dropped = {}, [], []
+    affine = []  # norm prefixes stored as caffe2 AffineChannel (scale and bias only)
+    for k, v in state.items():
+        if k.endswith("_momentum"):
+            dropped.append(k)
+            continue
+        if k in ("fc1000_w", "fc1000_b"):
+            body["linear." + ("weight" if k.endswith("w") else "bias")] = v
+            continue
+        stem = {"conv1_w": "stem.conv1.weight", "res_conv1_bn_s": "stem.conv1.norm.weight",
+                "res_conv1_bn_b": "stem.conv1.norm.bias", "conv1_gn_s": "stem.conv1.norm.weight",
+                "conv1_gn_b": "stem.conv1.norm.bias"}.get(k)
+        if stem:
+            name = stem
+        else:
+            m = _C2_RE.match(k)
+            if not m:
+                unknown.append(k)
+                continue
+            stage, block, branch, leaf = m.groups()
+            name = f"res{stage}.{block}.{_C2_LAYER[branch]}.{_C2_LEAF[leaf]}"
+        body[name] = v
+        if k.endswith("bn_s"):
+            affine.append(name[: -len("weight")])
+    if unknown:
+        raise WeightsError(f"{len(unknown)} blobs are not caffe2 ResNet names: {sorted(unknown)[:20]}")
+    for prefix in affine:
+        channels = body[prefix + "weight"].shape[0]
+        body[prefix + "running_mean"] = torch.zeros(channels)
+        body[prefix + "running_var"] = torch.ones(channels) - _AFFINE_EPS
+    return body, dropped
+
+
+_D2_PREFIXES = ("backbone.bottom_up.", "backbone.")
+
+
+def _from_detectron2(state: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
+    prefix = next((p for p in _D2_PREFIXES if any(k.startswith(p + "stem.") for k in state)), None)
+    if prefix is None:
+        prefix = "" if any(k.startswith("stem.") for k in state) else None
+    if prefix is None:
+        raise WeightsError("no ResNet body (…stem.conv1.weight) found in this detectron2 checkpoint")
+    body, extra = {}, {}
+    body_re = re.compile(r"^(stem|res[2-5]|linear)\.")
+    for k, v in state.items():
+        if k.startswith(prefix) and body_re.match(k[len(prefix):]):
+            body[k[len(prefix):]] = v
+        else:
+            extra[k] = v
+    return body, extra
+
+
+def _detect_format(state: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
+    keys = set(state)
+    if "conv1_w" in keys or "res_conv1_bn_s" in keys or any(k.startswith("res2_0_branch") for k in keys):
+        return "caffe2"
+    if any(k.endswith("stem.conv1.weight") for k in keys):
+        return "detectron2"
+    if "layer1.0.conv1.weight" in keys or "conv1.weight" in keys or "conv1.0.weight" in keys:
+        return "timm" if meta.get("arch") or "state_dict_ema" in meta else "torchvision"
+    sample = sorted(keys)[:8]
+    raise WeightsError(
+        f"cannot tell the format of this checkpoint from its keys (first: {sample}); "
+        f"pass format= one of {FORMATS[1:]}"
+    )
+
+
+def _caffe2_conventions(body: Mapping[str, torch.Tensor]) -> Conventions:
+    w = body.get("res2.0.conv2.weight")
+    grouped = w is not None and w.dim() == 4 and w.shape[2] == 3 and w.shape[1] != w.shape[0]
+    return FAIR_RESNEXT_CONVENTIONS if grouped else MSRA_CONVENTIONS
+
+
+def parse_weights(obj: Any, *, format: str = "auto", source: str = "") -> Weights:
+    """Rename a loaded checkpoint object (dict, possibly wrapped) to our names.
+
+    Args:
+        obj: what :func:`load_file` returned, or a state dict.
+        format: one of :data:`FORMATS`; "auto" detects it from the key names.
+        source: a name for messages.
+    """
+    if format not in FORMATS:
+        raise WeightsError(f"format={format!r} must be one of {FORMATS}")
+    state, meta = _unwrap(obj)
+    detected = _detect_format(state, meta)
+    compatible = {detected} | ({"torchvision", "timm"} if detected in ("torchvision", "timm") else set())
+    if format != "auto" and format not in compatible:
+        raise WeightsError(f"{source or 'checkpoint'}: asked for format {format!r}, but its keys are {detected} names")
+    fmt = detected if format == "auto" else format
+    dropped = [k for k in state if k.endswith("num_batches_tracked")]
+    state = {k: _to_tensor(k, v) for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    extra: Dict[str, torch.Tensor] = {}
+    conventions: Optional[Conventions] = None
+    if fmt in ("torchvision", "timm"):
+        body, more = _from_torchvision(state)
+        conventions = TORCHVISION_CONVENTIONS
+    elif fmt == "caffe2":
+        body, more = _from_caffe2(state)
+        conventions = _caffe2_conventions(body)
+    else:
+        body, extra = _from_detectron2(state)
+        more = []
+        if isinstance(meta.get("conventions"), Mapping):
+            conventions = Conventions.from_dict(meta["conventions"])
+    return Weights(body=body, format=fmt, conventions=conventions, extra=extra, dropped=dropped + more, source=source)

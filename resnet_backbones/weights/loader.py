@@ -1,0 +1,153 @@
+"""Load a weight source into a ResNet body or a body + FPN, accounting for every key."""
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Union
+
+import torch
+from torch import nn
+
+from ..modeling.fpn import FPN
+from ..modeling.resnet import ResNet
+from .catalog import fetch_source
+from .formats import Conventions, Weights, WeightsError, load_file, parse_weights
+
+__all__ = ["LoadReport", "read_weights", "load_backbone_weights", "check_stride_convention"]
+
+logger = logging.getLogger(__name__)
+
+
+def read_weights(source: Union[str, Dict[str, Any]], *, format: str = "auto") -> Weights:
+    """Read ``source`` (a path, a named source, or an in-memory state dict) and rename it to our names."""
+    if isinstance(source, dict):
+        return parse_weights(source, format=format, source="<state dict>")
+    obj, hint = fetch_source(source)
+    if isinstance(obj, str):
+        obj = load_file(obj)
+    return parse_weights(obj, format=hint if format == "auto" else format, source=source)
+
+
+def check_stride_convention(conventions: Optional[Conventions], stride_in_1x1: Optional[bool], source: str = "") -> None:
+    """Refuse weights trained with the stride in the other conv of the bottleneck.
+
+    The stride position is architecture, not a setting the loader can change after the body is built,
+    so a mismatch is an error naming the fix instead of a silent drop of several AP points.
+    """
+    if conventions is None or conventions.stride_in_1x1 is None or stride_in_1x1 is None:
+        return
+    if conventions.stride_in_1x1 != stride_in_1x1:
+        want = conventions.stride_in_1x1
+        raise WeightsError(
+            f"{source or 'these weights'} ({conventions.name or 'source'} conventions) put the bottleneck stride in "
+            f"the {'1x1' if want else '3x3'} conv: build the body with stride_in_1x1={want} "
+            f"(MODEL.RESNETS.STRIDE_IN_1X1={want})"
+        )
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_backbone_weights` did."""
+
+    format: str
+    conventions: Optional[Conventions]
+    loaded: List[str]
+    dropped: List[str] = field(default_factory=list)
+    fpn_loaded: bool = False
+
+    def summary(self) -> str:
+        conv = self.conventions.name if self.conventions else "unknown"
+        return (
+            f"loaded {len(self.loaded)} tensors ({self.format} format, {conv} conventions); "
+            f"{len(self.dropped)} dropped on purpose" + ("; FPN weights loaded" if self.fpn_loaded else "")
+        )
+
+
+def _split_body(model: nn.Module):
+    if isinstance(model, FPN):
+        return model.bottom_up, model
+    if isinstance(model, ResNet):
+        return model, None
+    raise TypeError(f"expected a ResNet or an FPN over a ResNet, got {type(model).__name__}")
+
+
+def load_backbone_weights(
+    model: nn.Module, source: Union[str, Dict[str, Any], Weights], *, format: str = "auto"
+) -> LoadReport:
+    """Load ImageNet (or detectron2) weights into ``model``'s stages.
+
+    Args:
+        model: a :class:`ResNet` or an :class:`FPN` over one.
+        source: a file path, a named source (see :mod:`resnet_backbones.weights.catalog`), a state
+            dict, or :class:`Weights` already read.
+        format: "auto", "torchvision", "timm", "caffe2" or "detectron2".
+
+    Every tensor of the body must come from the source and every body tensor of the source must be
+    used, else :class:`WeightsError` lists them. Dropped on purpose (and listed in the report): the
+    classifier (``fc.*``/``fc1000_*``) when the body has none, BatchNorm counters, caffe2 momentum
+    blobs, the stages a body does not build because its out_features stop earlier, and, for an FPN,
+    detectron2 tensors outside the backbone (heads). FPN tensors of a detectron2 checkpoint are loaded
+    into the FPN; an ImageNet source leaves the FPN at its initialisation.
+
+    The source's stride convention must match the body (:func:`check_stride_convention`); its pixel
+    conventions are reported for the caller (the detector) to check.
+    """
+    body, fpn = _split_body(model)
+    weights = source if isinstance(source, Weights) else read_weights(source, format=format)
+    if getattr(body, "preactivation", False):
+        raise WeightsError(
+            "pre-activation bodies have a different block layout than every supported ImageNet format; "
+            "train them from scratch or load a checkpoint of this library's own pre-activation model"
+            " with model.load_state_dict"
+        )
+    check_stride_convention(weights.conventions, getattr(body, "stride_in_1x1", None), weights.source)
+
+    target = {k: v for k, v in body.state_dict().items() if not k.endswith("num_batches_tracked")}
+    src = dict(weights.body)
+    dropped = list(weights.dropped)
+    built_stages = set(body.stage_names)
+    for k in list(src):
+        head = k.split(".", 1)[0]
+        if head == "linear" and not any(t.startswith("linear.") for t in target):
+            dropped.append(k)
+            del src[k]
+        elif re.fullmatch(r"res[2-5]", head) and head not in built_stages:
+            dropped.append(k)
+            del src[k]
+
+    missing = sorted(set(target) - set(src))
+    unused = sorted(set(src) - set(target))
+    if missing or unused:
+        raise WeightsError(
+            f"{weights.source or 'checkpoint'} does not fit this ResNet-{getattr(body, 'depth', '?')} body: "
+            f"{len(missing)} missing {missing[:12]}{' ...' if len(missing) > 12 else ''}; "
+            f"{len(unused)} unused {unused[:12]}{' ...' if len(unused) > 12 else ''}. "
+            "Check depth, num_groups/width_per_group and norm against the checkpoint."
+        )
+    bad = [f"{k}: checkpoint {tuple(src[k].shape)} vs model {tuple(target[k].shape)}"
+           for k in target if src[k].shape != target[k].shape]
+    if bad:
+        raise WeightsError(
+            f"{len(bad)} shapes differ (depth, num_groups, width_per_group?): {bad[:8]}"
+        )
+    body.load_state_dict({k: v.to(target[k].dtype) for k, v in src.items()}, strict=False)
+
+    fpn_loaded = False
+    if fpn is not None and weights.extra:
+        fpn_target = {k: v for k, v in fpn.state_dict().items() if not k.startswith("bottom_up.")}
+        fpn_src = {k[len("backbone."):]: v for k, v in weights.extra.items()
+                   if k.startswith("backbone.") and k[len("backbone."):] in fpn_target}
+        if fpn_src:
+            missing = sorted(set(fpn_target) - set(fpn_src))
+            if missing:
+                raise WeightsError(f"the checkpoint has FPN weights but lacks {missing}")
+            bad = [k for k in fpn_src if fpn_src[k].shape != fpn_target[k].shape]
+            if bad:
+                raise WeightsError(f"FPN shapes differ for {bad}")
+            fpn.load_state_dict(fpn_src, strict=False)
+            fpn_loaded = True
+        dropped.extend(k for k in weights.extra if k[len("backbone."):] not in fpn_src)
+    elif weights.extra:
+        dropped.extend(weights.extra)
+    report = LoadReport(weights.format, weights.conventions, sorted(src), dropped, fpn_loaded)
+    logger.info("%s: %s", weights.source, report.summary())
+    return report
