@@ -10,4 +10,10 @@ from .modeling import (  # noqa: F401
     build_resnet_fpn,
 )
 
+from .config import add_resnet_backbones_config, get_cfg  # noqa: F401
+from .d2 import register_if_available as _register
+
 __version__ = "0.1.0"
+
+# detectron2 users: importing the package registers our builders in BACKBONE_REGISTRY.
+_register()

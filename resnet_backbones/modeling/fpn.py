@@ -4,7 +4,7 @@ Names follow detectron2 (``fpn_lateral{k}``, ``fpn_output{k}``, ``top_block.p6``
 for stride 2**k) so detectron2 FPN checkpoints load without renaming.
 """
 import math
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Type
 
 import torch
 import torch.nn.functional as F
@@ -178,6 +178,7 @@ def build_resnet_fpn(
     fuse_type: str = "sum",
     top_block: str = "LastLevelMaxPool",
     top_block_in_feature: str = "res5",
+    fpn_class: Type[FPN] = FPN,
     **resnet_kwargs,
 ) -> FPN:
     """Build a ResNet body (``resnet_kwargs`` as :func:`build_resnet`) with an FPN on top.
@@ -190,6 +191,7 @@ def build_resnet_fpn(
         top_block: "LastLevelMaxPool" (p6, Faster/Mask R-CNN), "LastLevelP6P7" (p6, p7, RetinaNet),
             or "" for none.
         top_block_in_feature: for LastLevelP6P7: "res5" (RetinaNet) or "p5".
+        fpn_class: the FPN subclass to instantiate (the detectron2 adapter passes its own).
 
     Returns:
         FPN with outputs p2..p6 for the defaults.
@@ -208,4 +210,4 @@ def build_resnet_fpn(
     elif top_block == "LastLevelP6P7":
         channels = out_channels if top_block_in_feature == "p5" else body.output_shape()[top_block_in_feature].channels
         block = LastLevelP6P7(channels, out_channels, in_feature=top_block_in_feature)
-    return FPN(body, in_features, out_channels, norm=fpn_norm, top_block=block, fuse_type=fuse_type)
+    return fpn_class(body, in_features, out_channels, norm=fpn_norm, top_block=block, fuse_type=fuse_type)

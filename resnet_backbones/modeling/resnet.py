@@ -413,6 +413,7 @@ def build_resnet(
     out_features: Sequence[str] = ("res2", "res3", "res4", "res5"),
     preactivation: bool = False,
     num_classes: Optional[int] = None,
+    body_class: Type[ResNet] = ResNet,
 ) -> ResNet:
     """Build a ResNet/ResNeXt body; options mean what detectron2's MODEL.RESNETS keys mean.
 
@@ -433,6 +434,8 @@ def build_resnet(
         preactivation: build pre-activation blocks (see :class:`ResNet` ``feature_norm`` for what the
             emitted res2..res5 are).
         num_classes: add the ImageNet classifier head.
+        body_class: the ResNet subclass to instantiate (the detectron2 adapter passes its Backbone
+            subclass; the constructor arguments are the same).
     """
     if depth not in RESNET_DEPTHS:
         raise ValueError(f"depth={depth} is not one of {sorted(RESNET_DEPTHS)}")
@@ -469,7 +472,7 @@ def build_resnet(
         stages.append(make_stage(block_class, num_blocks, **kwargs))
         stage_in, stage_out, bottleneck = stage_out, stage_out * 2, bottleneck * 2
 
-    model = ResNet(
+    model = body_class(
         stem,
         stages,
         out_features=out_features,

@@ -12,7 +12,7 @@ from ..modeling.resnet import ResNet
 from .catalog import fetch_source
 from .formats import Conventions, Weights, WeightsError, load_file, parse_weights
 
-__all__ = ["LoadReport", "read_weights", "load_backbone_weights", "check_stride_convention"]
+__all__ = ["LoadReport", "read_weights", "load_backbone_weights", "match_body_state", "check_stride_convention"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +70,47 @@ def _split_body(model: nn.Module):
     raise TypeError(f"expected a ResNet or an FPN over a ResNet, got {type(model).__name__}")
 
 
+def match_body_state(body: ResNet, weights: Weights):
+    """Check ``weights`` against ``body`` and return (tensors keyed by body names, keys dropped on purpose).
+
+    Raises :class:`WeightsError` for a stride-convention mismatch, a pre-activation body, missing or
+    unused body keys, or shape mismatches (see :func:`load_backbone_weights`).
+    """
+    if getattr(body, "preactivation", False):
+        raise WeightsError(
+            "pre-activation bodies have a different block layout than every supported ImageNet format; "
+            "train them from scratch or load a checkpoint of this library's own pre-activation model"
+            " with model.load_state_dict"
+        )
+    check_stride_convention(weights.conventions, getattr(body, "stride_in_1x1", None), weights.source)
+    target = {k: v for k, v in body.state_dict().items() if not k.endswith("num_batches_tracked")}
+    src = dict(weights.body)
+    dropped = list(weights.dropped)
+    built_stages = set(body.stage_names)
+    for k in list(src):
+        head = k.split(".", 1)[0]
+        if head == "linear" and not any(t.startswith("linear.") for t in target):
+            dropped.append(k)
+            del src[k]
+        elif re.fullmatch(r"res[2-5]", head) and head not in built_stages:
+            dropped.append(k)
+            del src[k]
+    missing = sorted(set(target) - set(src))
+    unused = sorted(set(src) - set(target))
+    if missing or unused:
+        raise WeightsError(
+            f"{weights.source or 'checkpoint'} does not fit this ResNet-{getattr(body, 'depth', '?')} body: "
+            f"{len(missing)} missing {missing[:12]}{' ...' if len(missing) > 12 else ''}; "
+            f"{len(unused)} unused {unused[:12]}{' ...' if len(unused) > 12 else ''}. "
+            "Check depth, num_groups/width_per_group and norm against the checkpoint."
+        )
+    bad = [f"{k}: checkpoint {tuple(src[k].shape)} vs model {tuple(target[k].shape)}"
+           for k in target if src[k].shape != target[k].shape]
+    if bad:
+        raise WeightsError(f"{len(bad)} shapes differ (depth, num_groups, width_per_group?): {bad[:8]}")
+    return src, dropped
+
+
 def load_backbone_weights(
     model: nn.Module, source: Union[str, Dict[str, Any], Weights], *, format: str = "auto"
 ) -> LoadReport:
@@ -93,42 +134,8 @@ def load_backbone_weights(
     """
     body, fpn = _split_body(model)
     weights = source if isinstance(source, Weights) else read_weights(source, format=format)
-    if getattr(body, "preactivation", False):
-        raise WeightsError(
-            "pre-activation bodies have a different block layout than every supported ImageNet format; "
-            "train them from scratch or load a checkpoint of this library's own pre-activation model"
-            " with model.load_state_dict"
-        )
-    check_stride_convention(weights.conventions, getattr(body, "stride_in_1x1", None), weights.source)
-
-    target = {k: v for k, v in body.state_dict().items() if not k.endswith("num_batches_tracked")}
-    src = dict(weights.body)
-    dropped = list(weights.dropped)
-    built_stages = set(body.stage_names)
-    for k in list(src):
-        head = k.split(".", 1)[0]
-        if head == "linear" and not any(t.startswith("linear.") for t in target):
-            dropped.append(k)
-            del src[k]
-        elif re.fullmatch(r"res[2-5]", head) and head not in built_stages:
-            dropped.append(k)
-            del src[k]
-
-    missing = sorted(set(target) - set(src))
-    unused = sorted(set(src) - set(target))
-    if missing or unused:
-        raise WeightsError(
-            f"{weights.source or 'checkpoint'} does not fit this ResNet-{getattr(body, 'depth', '?')} body: "
-            f"{len(missing)} missing {missing[:12]}{' ...' if len(missing) > 12 else ''}; "
-            f"{len(unused)} unused {unused[:12]}{' ...' if len(unused) > 12 else ''}. "
-            "Check depth, num_groups/width_per_group and norm against the checkpoint."
-        )
-    bad = [f"{k}: checkpoint {tuple(src[k].shape)} vs model {tuple(target[k].shape)}"
-           for k in target if src[k].shape != target[k].shape]
-    if bad:
-        raise WeightsError(
-            f"{len(bad)} shapes differ (depth, num_groups, width_per_group?): {bad[:8]}"
-        )
+    src, dropped = match_body_state(body, weights)
+    target = body.state_dict()
     body.load_state_dict({k: v.to(target[k].dtype) for k, v in src.items()}, strict=False)
 
     fpn_loaded = False

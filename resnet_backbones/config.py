@@ -1,0 +1,311 @@
+"""Config: detectron2's key names, ``_BASE_`` inheritance, and our own ``MODEL.RESNET_BACKBONES`` subtree.
+
+:func:`get_cfg` returns detectron2's ``get_cfg()`` plus our keys when detectron2 is importable, and
+otherwise standalone defaults that mirror detectron2's values for every key this project uses (a
+test compares the two when detectron2 is installed). A key that is not in the tree is an error.
+"""
+import os
+from typing import Any, Dict, List, Optional, Sequence
+
+from fvcore.common.config import CfgNode as _FvCfgNode
+
+__all__ = [
+    "CfgNode",
+    "CONFIGS_DIR",
+    "ConfigError",
+    "add_resnet_backbones_config",
+    "get_cfg",
+    "get_standalone_cfg",
+    "resolve_config_path",
+    "load_config",
+    "check_cfg_conventions",
+]
+
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+class ConfigError(ValueError):
+    """A config that names an unknown key, a missing file or a value an engine cannot honour."""
+
+
+class CfgNode(_FvCfgNode):
+    """fvcore's CfgNode (the base of detectron2's); merging a file resolves ``_BASE_`` relative to it."""
+
+
+# Values equal detectron2's defaults (detectron2/config/defaults.py) for every key listed; keys
+# detectron2 has that this project never reads are left out (merging them is an error here).
+_STANDALONE: Dict[str, Any] = {
+    "VERSION": 2,
+    "MODEL": {
+        "LOAD_PROPOSALS": False,
+        "MASK_ON": False,
+        "KEYPOINT_ON": False,
+        "DEVICE": "cuda",
+        "META_ARCHITECTURE": "GeneralizedRCNN",
+        "WEIGHTS": "",
+        "PIXEL_MEAN": [103.530, 116.280, 123.675],
+        "PIXEL_STD": [1.0, 1.0, 1.0],
+        "BACKBONE": {"NAME": "build_resnet_backbone", "FREEZE_AT": 2},
+        "FPN": {"IN_FEATURES": [], "OUT_CHANNELS": 256, "NORM": "", "FUSE_TYPE": "sum"},
+        "PROPOSAL_GENERATOR": {"NAME": "RPN", "MIN_SIZE": 0},
+        "ANCHOR_GENERATOR": {
+            "NAME": "DefaultAnchorGenerator",
+            "SIZES": [[32, 64, 128, 256, 512]],
+            "ASPECT_RATIOS": [[0.5, 1.0, 2.0]],
+            "ANGLES": [[-90, 0, 90]],
+            "OFFSET": 0.0,
+        },
+        "RPN": {
+            "HEAD_NAME": "StandardRPNHead",
+            "IN_FEATURES": ["res4"],
+            "BOUNDARY_THRESH": -1,
+            "IOU_THRESHOLDS": [0.3, 0.7],
+            "IOU_LABELS": [0, -1, 1],
+            "BATCH_SIZE_PER_IMAGE": 256,
+            "POSITIVE_FRACTION": 0.5,
+            "BBOX_REG_LOSS_TYPE": "smooth_l1",
+            "BBOX_REG_LOSS_WEIGHT": 1.0,
+            "BBOX_REG_WEIGHTS": (1.0, 1.0, 1.0, 1.0),
+            "SMOOTH_L1_BETA": 0.0,
+            "LOSS_WEIGHT": 1.0,
+            "PRE_NMS_TOPK_TRAIN": 12000,
+            "PRE_NMS_TOPK_TEST": 6000,
+            "POST_NMS_TOPK_TRAIN": 2000,
+            "POST_NMS_TOPK_TEST": 1000,
+            "NMS_THRESH": 0.7,
+            "CONV_DIMS": [-1],
+        },
+        "ROI_HEADS": {
+            "NAME": "Res5ROIHeads",
+            "NUM_CLASSES": 80,
+            "IN_FEATURES": ["res4"],
+            "IOU_THRESHOLDS": [0.5],
+            "IOU_LABELS": [0, 1],
+            "BATCH_SIZE_PER_IMAGE": 512,
+            "POSITIVE_FRACTION": 0.25,
+            "SCORE_THRESH_TEST": 0.05,
+            "NMS_THRESH_TEST": 0.5,
+            "PROPOSAL_APPEND_GT": True,
+        },
+        "ROI_BOX_HEAD": {
+            "NAME": "",
+            "BBOX_REG_LOSS_TYPE": "smooth_l1",
+            "BBOX_REG_LOSS_WEIGHT": 1.0,
+            "BBOX_REG_WEIGHTS": (10.0, 10.0, 5.0, 5.0),
+            "SMOOTH_L1_BETA": 0.0,
+            "POOLER_RESOLUTION": 14,
+            "POOLER_SAMPLING_RATIO": 0,
+            "POOLER_TYPE": "ROIAlignV2",
+            "NUM_FC": 0,
+            "FC_DIM": 1024,
+            "NUM_CONV": 0,
+            "CONV_DIM": 256,
+            "NORM": "",
+            "CLS_AGNOSTIC_BBOX_REG": False,
+            "TRAIN_ON_PRED_BOXES": False,
+            "USE_FED_LOSS": False,
+            "USE_SIGMOID_CE": False,
+        },
+        "ROI_MASK_HEAD": {
+            "NAME": "MaskRCNNConvUpsampleHead",
+            "POOLER_RESOLUTION": 14,
+            "POOLER_SAMPLING_RATIO": 0,
+            "NUM_CONV": 0,
+            "CONV_DIM": 256,
+            "NORM": "",
+            "CLS_AGNOSTIC_MASK": False,
+            "POOLER_TYPE": "ROIAlignV2",
+        },
+        "RESNETS": {
+            "DEPTH": 50,
+            "OUT_FEATURES": ["res4"],
+            "NUM_GROUPS": 1,
+            "NORM": "FrozenBN",
+            "WIDTH_PER_GROUP": 64,
+            "STRIDE_IN_1X1": True,
+            "RES5_DILATION": 1,
+            "RES2_OUT_CHANNELS": 256,
+            "STEM_OUT_CHANNELS": 64,
+            "DEFORM_ON_PER_STAGE": [False, False, False, False],
+            "DEFORM_MODULATED": False,
+            "DEFORM_NUM_GROUPS": 1,
+        },
+    },
+    "INPUT": {
+        "MIN_SIZE_TRAIN": (800,),
+        "MIN_SIZE_TRAIN_SAMPLING": "choice",
+        "MAX_SIZE_TRAIN": 1333,
+        "MIN_SIZE_TEST": 800,
+        "MAX_SIZE_TEST": 1333,
+        "RANDOM_FLIP": "horizontal",
+        "CROP": {"ENABLED": False, "TYPE": "relative_range", "SIZE": [0.9, 0.9]},
+        "FORMAT": "BGR",
+        "MASK_FORMAT": "polygon",
+    },
+    "DATASETS": {"TRAIN": (), "TEST": (), "PROPOSAL_FILES_TRAIN": (), "PROPOSAL_FILES_TEST": ()},
+    "DATALOADER": {
+        "NUM_WORKERS": 4,
+        "ASPECT_RATIO_GROUPING": True,
+        "SAMPLER_TRAIN": "TrainingSampler",
+        "REPEAT_THRESHOLD": 0.0,
+        "FILTER_EMPTY_ANNOTATIONS": True,
+    },
+    "SOLVER": {
+        "LR_SCHEDULER_NAME": "WarmupMultiStepLR",
+        "MAX_ITER": 40000,
+        "BASE_LR": 0.001,
+        "MOMENTUM": 0.9,
+        "NESTEROV": False,
+        "WEIGHT_DECAY": 0.0001,
+        "WEIGHT_DECAY_NORM": 0.0,
+        "GAMMA": 0.1,
+        "STEPS": (30000,),
+        "WARMUP_FACTOR": 1.0 / 1000,
+        "WARMUP_ITERS": 1000,
+        "WARMUP_METHOD": "linear",
+        "CHECKPOINT_PERIOD": 5000,
+        "IMS_PER_BATCH": 16,
+        "REFERENCE_WORLD_SIZE": 0,
+        "BIAS_LR_FACTOR": 1.0,
+        "WEIGHT_DECAY_BIAS": None,
+        "CLIP_GRADIENTS": {"ENABLED": False, "CLIP_TYPE": "value", "CLIP_VALUE": 1.0, "NORM_TYPE": 2.0},
+        "AMP": {"ENABLED": False},
+    },
+    "TEST": {
+        "EXPECTED_RESULTS": [],
+        "EVAL_PERIOD": 0,
+        "DETECTIONS_PER_IMAGE": 100,
+        "AUG": {"ENABLED": False},
+        "PRECISE_BN": {"ENABLED": False, "NUM_ITER": 200},
+    },
+    "OUTPUT_DIR": "./output",
+    "SEED": -1,
+    "CUDNN_BENCHMARK": False,
+    "VIS_PERIOD": 0,
+}
+
+
+def _to_node(d: Dict[str, Any]) -> CfgNode:
+    return CfgNode({k: _to_node(v) if isinstance(v, dict) else v for k, v in d.items()})
+
+
+def add_resnet_backbones_config(cfg) -> None:
+    """Add this project's keys, all under ``MODEL.RESNET_BACKBONES`` (detectron2's nodes are untouched).
+
+    PREACTIVATION: build pre-activation blocks (He et al. 2016) instead of the original ones.
+    WEIGHTS_FORMAT: format of MODEL.WEIGHTS when it is an ImageNet/backbone source: "auto",
+        "torchvision", "timm", "caffe2" or "detectron2".
+    FPN_TOP_BLOCK: "LastLevelMaxPool" (p6, as detectron2's build_resnet_fpn_backbone) or "LastLevelP6P7".
+    SYNTHETIC_ROOT: where the embedded synthetic dataset is generated ("" = $RESNET_BACKBONES_DATA,
+        else ~/.cache/resnet_backbones/synthetic_shapes).
+    LOG_PERIOD: iterations between progress lines / metrics.json records.
+    """
+    cfg.MODEL.RESNET_BACKBONES = CfgNode()
+    cfg.MODEL.RESNET_BACKBONES.PREACTIVATION = False
+    cfg.MODEL.RESNET_BACKBONES.WEIGHTS_FORMAT = "auto"
+    cfg.MODEL.RESNET_BACKBONES.FPN_TOP_BLOCK = "LastLevelMaxPool"
+    cfg.MODEL.RESNET_BACKBONES.SYNTHETIC_ROOT = ""
+    cfg.MODEL.RESNET_BACKBONES.LOG_PERIOD = 20
+
+
+def get_standalone_cfg() -> CfgNode:
+    """The defaults used without detectron2: detectron2's values for our keys, plus our subtree."""
+    cfg = _to_node(_STANDALONE)
+    add_resnet_backbones_config(cfg)
+    return cfg
+
+
+def get_cfg(*, use_detectron2: Optional[bool] = None):
+    """detectron2's ``get_cfg()`` + our keys when detectron2 is importable (or requested), else standalone."""
+    if use_detectron2 is None:
+        from .d2 import detectron2_available
+
+        use_detectron2 = detectron2_available()
+    if use_detectron2:
+        from detectron2.config import get_cfg as d2_get_cfg
+
+        cfg = d2_get_cfg()
+        add_resnet_backbones_config(cfg)
+        return cfg
+    return get_standalone_cfg()
+
+
+def resolve_config_path(name: str) -> str:
+    """A path as given, else a name inside ``configs/`` (``faster_rcnn_R101.yaml``, ``quick_schedules/x.yaml``)."""
+    if os.path.isfile(name):
+        return name
+    candidate = os.path.join(CONFIGS_DIR, name)
+    if os.path.isfile(candidate):
+        return candidate
+    if not name.endswith(".yaml") and os.path.isfile(candidate + ".yaml"):
+        return candidate + ".yaml"
+    available = sorted(
+        os.path.relpath(os.path.join(root, f), CONFIGS_DIR)
+        for root, _, files in os.walk(CONFIGS_DIR) for f in files if f.endswith(".yaml")
+    )
+    raise ConfigError(f"config {name!r} is neither a file nor one of configs/: {', '.join(available)}")
+
+
+def load_config(name: str, overrides: Sequence[str] = (), *, use_detectron2: Optional[bool] = None):
+    """Defaults <- the yaml (with its ``_BASE_`` chain) <- ``KEY VALUE`` overrides; unknown keys are errors."""
+    cfg = get_cfg(use_detectron2=use_detectron2)
+    path = resolve_config_path(name)
+    overrides = list(overrides)
+    if len(overrides) % 2:
+        raise ConfigError(f"overrides come in KEY VALUE pairs, got an odd list: {overrides}")
+    try:
+        cfg.merge_from_file(path)
+        cfg.merge_from_list(overrides)
+    except KeyError as e:
+        raise ConfigError(
+            f"{path}: {e.args[0] if e.args else e}. The key is not in the config tree"
+            " (a typo, or a detectron2 key this project's standalone defaults do not use:"
+            " run with detectron2 installed and --engine detectron2)"
+        ) from e
+    cfg.freeze()
+    return cfg
+
+
+def check_cfg_conventions(cfg, conventions) -> None:
+    """Refuse a config whose input conventions disagree with its weights' (a ``Conventions`` or None),
+    naming the keys and values to set. Used by both engines before loading MODEL.WEIGHTS."""
+    c = conventions
+    if c is None:
+        return
+    problems = []
+    if cfg.INPUT.FORMAT != c.input_format:
+        problems.append(f"INPUT.FORMAT {c.input_format}")
+    if any(abs(a - b) > 1e-3 for a, b in zip(cfg.MODEL.PIXEL_MEAN, c.pixel_mean)):
+        problems.append(f"MODEL.PIXEL_MEAN {list(c.pixel_mean)}")
+    if any(abs(a - b) > 1e-3 for a, b in zip(cfg.MODEL.PIXEL_STD, c.pixel_std)):
+        problems.append(f"MODEL.PIXEL_STD {list(c.pixel_std)}")
+    if (c.stride_in_1x1 is not None and cfg.MODEL.RESNETS.DEPTH >= 50
+            and cfg.MODEL.RESNETS.STRIDE_IN_1X1 != c.stride_in_1x1):
+        problems.append(f"MODEL.RESNETS.STRIDE_IN_1X1 {c.stride_in_1x1}")
+    if problems:
+        raise ConfigError(
+            f"MODEL.WEIGHTS={cfg.MODEL.WEIGHTS} was trained with {c.name or 'other'} input conventions; "
+            "set " + ", ".join(problems)
+        )
+
+
+def config_diff(cfg, base) -> List[str]:
+    """Full names of the keys whose value in ``cfg`` differs from ``base``."""
+    out = []
+
+    def walk(a, b, prefix):
+        for k, v in a.items():
+            name = prefix + k
+            if isinstance(v, _FvCfgNode):
+                walk(v, b.get(k, _FvCfgNode()), name + ".")
+            elif k not in b or _norm(b[k]) != _norm(v):
+                out.append(name)
+
+    walk(cfg, base, "")
+    return out
+
+
+def _norm(v):
+    if isinstance(v, (list, tuple)):
+        return [_norm(x) for x in v]
+    return v

@@ -1,0 +1,4 @@
+"""Datasets: COCO under detectron2's names, the embedded synthetic shapes, samplers."""
+from .catalog import DatasetError, DatasetSpec, get_dataset, register_coco_instances, registered_datasets
+from .dataset import COCOInstances, InferenceSampler, TrainingBatchSampler, collate
+from .synthetic import ensure_synthetic

@@ -1,0 +1,93 @@
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from resnet_backbones.data import (
+    COCOInstances,
+    DatasetError,
+    DatasetSpec,
+    TrainingBatchSampler,
+    get_dataset,
+    register_coco_instances,
+)
+from resnet_backbones.data.synthetic import CATEGORIES, generate_split
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic")
+    json_file = generate_split(str(root), "train", 12, seed=7)
+    return DatasetSpec("tiny", json_file, str(root / "train"))
+
+
+def test_synthetic_is_deterministic(tiny, tmp_path):
+    again = generate_split(str(tmp_path), "train", 12, seed=7)
+    assert json.load(open(again)) == json.load(open(tiny.json_file))
+    for name in os.listdir(tiny.image_root):
+        assert open(os.path.join(tiny.image_root, name), "rb").read() == \
+            open(os.path.join(str(tmp_path), "train", name), "rb").read()
+
+
+def test_synthetic_annotations_are_consistent(tiny):
+    data = json.load(open(tiny.json_file))
+    assert data["categories"] == CATEGORIES and len(data["images"]) == 12
+    ds = COCOInstances(tiny, with_masks=True)
+    for i in range(len(ds)):
+        image, target = ds[i]
+        assert image.dtype == torch.float32 and image.shape[0] == 3 and 0 <= image.min() and image.max() <= 255
+        for box, mask in zip(target["boxes"], target["masks"]):
+            ys, xs = torch.nonzero(mask, as_tuple=True)
+            assert box.tolist() == [xs.min().item(), ys.min().item(), xs.max().item() + 1, ys.max().item() + 1]
+        assert set(target["labels"].tolist()) <= {1, 2, 3}
+
+
+def test_flip_moves_boxes_with_masks(tiny):
+    ds = COCOInstances(tiny, with_masks=True, input_format="BGR")
+    (img, t), (img_f, t_f) = ds[(0, False)], ds[(0, True)]
+    assert torch.equal(img_f, img.flip(-1))
+    assert torch.equal(t_f["masks"], t["masks"].flip(-1))
+    for box, mask in zip(t_f["boxes"], t_f["masks"]):
+        xs = torch.nonzero(mask, as_tuple=True)[1]
+        assert box[0].item() == xs.min().item() and box[2].item() == xs.max().item() + 1
+    rgb = COCOInstances(tiny)[0][0]
+    assert torch.equal(rgb, img.flip(0))
+
+
+def test_sampler_is_deterministic_grouped_and_resumable():
+    wide = [i % 3 == 0 for i in range(50)]
+    make = lambda start=0: iter(TrainingBatchSampler(wide, 4, seed=3, start_iter=start))  # noqa: E731
+    a = make()
+    batches = [next(a) for _ in range(30)]
+    assert all(len({wide[i] for i, _ in b}) == 1 for b in batches), "aspect groups are not mixed"
+    b = make(start=17)
+    assert [next(b) for _ in range(13)] == batches[17:]
+    ranks = [iter(TrainingBatchSampler(wide, 2, seed=3, rank=r, world_size=2, group_by_aspect=False)) for r in (0, 1)]
+    first = [i for r in ranks for i, _ in next(r)]
+    assert len(set(first)) == 4
+
+
+def test_missing_coco_names_the_path_and_fix(tmp_path, monkeypatch):
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))
+    with pytest.raises(DatasetError, match=r"instances_val2017.json does not exist.*DETECTRON2_DATASETS"):
+        get_dataset("coco_2017_val")
+    with pytest.raises(DatasetError, match="not registered.*register_coco_instances"):
+        get_dataset("coco_2099_val")
+
+
+def test_register_and_corrupt_image(tiny, tmp_path):
+    image_root = tmp_path / "images"
+    image_root.mkdir()
+    for name in os.listdir(tiny.image_root):
+        (image_root / name).write_bytes(open(os.path.join(tiny.image_root, name), "rb").read())
+    (image_root / "000000.png").write_bytes(b"\x89PNG broken")
+    register_coco_instances("my_shapes", tiny.json_file, str(image_root))
+    ds = COCOInstances(get_dataset("my_shapes"))
+    ds[1]  # intact
+    with pytest.raises(DatasetError, match=r"000000.png.*corrupt"):
+        ds[0]
+    os.remove(image_root / "000001.png")
+    with pytest.raises(DatasetError, match="000001.png.*does not exist"):
+        ds[1]

@@ -1,0 +1,191 @@
+"""detectron2 plugin tests: run only where detectron2 is importable (install it from its source)."""
+import copy
+import os
+import pickle
+import subprocess
+import sys
+
+import pytest
+import torch
+
+detectron2 = pytest.importorskip("detectron2")
+pytest.importorskip("detectron2.modeling")
+
+from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
+from detectron2.config import get_cfg as d2_get_cfg  # noqa: E402
+from detectron2.layers import ShapeSpec  # noqa: E402
+from detectron2.modeling import BACKBONE_REGISTRY, build_model  # noqa: E402
+from detectron2.modeling.backbone.fpn import build_resnet_fpn_backbone  # noqa: E402
+
+import resnet_backbones  # noqa: E402,F401  (registers the builders)
+from resnet_backbones.config import ConfigError, get_standalone_cfg, load_config  # noqa: E402
+from resnet_backbones.d2.checkpoint import ResnetBackbonesCheckpointer  # noqa: E402
+
+from test_configs import LEAF_CONFIGS  # noqa: E402
+from test_weights import affine_only_body, caffe2_blobs, random_torchvision  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_builders_are_registered_with_prefixed_names():
+    names = set(BACKBONE_REGISTRY._obj_map)
+    assert {"build_resnet_backbones_backbone", "build_resnet_backbones_fpn_backbone"} <= names
+    import importlib
+
+    importlib.reload(resnet_backbones)  # registering twice is harmless
+
+
+def test_add_config_uses_our_subtree_only():
+    plain = d2_get_cfg()
+    ours = resnet_backbones.get_cfg(use_detectron2=True)
+    assert set(ours.MODEL) - set(plain.MODEL) == {"RESNET_BACKBONES"}
+    assert set(ours) == set(plain)
+
+
+def test_standalone_defaults_agree_with_detectron2():
+    d2 = d2_get_cfg()
+    mismatches = []
+
+    def walk(node, ref, prefix):
+        for k, v in node.items():
+            if prefix + k == "MODEL.RESNET_BACKBONES":
+                continue
+            if k not in ref:
+                mismatches.append(f"{prefix}{k} missing in detectron2")
+            elif hasattr(v, "items"):
+                walk(v, ref[k], prefix + k + ".")
+            elif (list(v) if isinstance(v, (list, tuple)) else v) != (
+                    list(ref[k]) if isinstance(ref[k], (list, tuple)) else ref[k]):
+                mismatches.append(f"{prefix}{k}: ours {v!r} vs detectron2 {ref[k]!r}")
+
+    walk(get_standalone_cfg(), d2, "")
+    assert not mismatches, mismatches
+
+
+@pytest.mark.parametrize("name", LEAF_CONFIGS)
+def test_every_config_builds_on_detectron2(name):
+    cfg = load_config(name, ["MODEL.DEVICE", "cpu"], use_detectron2=True)
+    model = build_model(cfg)
+    assert type(model.backbone).__name__ == "D2FPN"
+    assert model.backbone.bottom_up.depth == cfg.MODEL.RESNETS.DEPTH
+
+
+def d2_cfg(depth, stride_in_1x1, groups=1, width=64, builtin=False):
+    cfg = load_config("faster_rcnn_R50.yaml", [
+        "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "MODEL.RESNETS.DEPTH", str(depth),
+        "MODEL.RESNETS.STRIDE_IN_1X1", str(stride_in_1x1), "MODEL.RESNETS.NUM_GROUPS", str(groups),
+        "MODEL.RESNETS.WIDTH_PER_GROUP", str(width), "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
+        "MODEL.BACKBONE.NAME", "build_resnet_fpn_backbone" if builtin else "build_resnet_backbones_fpn_backbone",
+    ], use_detectron2=True)
+    return cfg
+
+
+def randomise_frozen_bn(module):
+    g = torch.Generator().manual_seed(0)
+    for name, buf in module.named_buffers():
+        if name.endswith(("norm.weight", "norm.running_var")):
+            buf.copy_(torch.rand(buf.shape, generator=g) + 0.5)
+        elif name.endswith(("norm.bias", "norm.running_mean")):
+            buf.copy_(torch.rand(buf.shape, generator=g) - 0.5)
+
+
+BODIES = {"R50": (50, 1, 64), "R101": (101, 1, 64), "R152": (152, 1, 64), "X101-32x8d": (101, 32, 8)}
+
+
+@pytest.mark.parametrize("stride_in_1x1", [True, False])
+@pytest.mark.parametrize("body", list(BODIES))
+def test_fpn_outputs_equal_detectron2_builtin(body, stride_in_1x1):
+    depth, groups, width = BODIES[body]
+    cfg = d2_cfg(depth, stride_in_1x1, groups, width)
+    torch.manual_seed(0)
+    builtin = build_resnet_fpn_backbone(cfg, ShapeSpec(channels=3)).eval()
+    randomise_frozen_bn(builtin)
+    ours = BACKBONE_REGISTRY.get("build_resnet_backbones_fpn_backbone")(cfg, ShapeSpec(channels=3)).eval()
+    ours.load_state_dict(builtin.state_dict())  # same parameter names: loads strictly
+    assert ours.output_shape() == builtin.output_shape()
+    x = torch.randn(1, 3, 256, 352) * 50
+    with torch.no_grad():
+        a, b = builtin(x), ours(x)
+    assert list(a) == list(b) == ["p2", "p3", "p4", "p5", "p6"]
+    deltas = {k: (a[k] - b[k]).abs().max().item() for k in a}
+    print(f"{body} STRIDE_IN_1X1={stride_in_1x1} max|delta| per level:", {k: f"{v:.2e}" for k, v in deltas.items()})
+    assert max(deltas.values()) <= 1e-4
+
+
+def test_full_rcnn_gives_the_same_detections():
+    torch.manual_seed(0)
+    builtin = build_model(d2_cfg(50, True, builtin=True)).eval()
+    randomise_frozen_bn(builtin.backbone)
+    ours = build_model(d2_cfg(50, True)).eval()
+    ours.load_state_dict(builtin.state_dict())
+    image = torch.rand(3, 320, 416) * 255
+    with torch.no_grad():
+        a = builtin([{"image": image}])[0]["instances"]
+        b = ours([{"image": image}])[0]["instances"]
+    assert len(a) == len(b) > 0
+    assert torch.allclose(a.pred_boxes.tensor, b.pred_boxes.tensor, atol=1e-3)
+    assert torch.allclose(a.scores, b.scores, atol=1e-5) and torch.equal(a.pred_classes, b.pred_classes)
+
+
+# --- MODEL.WEIGHTS through detectron2's checkpointer path -------------------------------------------
+
+def model_for(depth, stride_in_1x1, fmt, extra=()):
+    conventions = {"RGB": ["INPUT.FORMAT", "RGB", "MODEL.PIXEL_MEAN", "[123.675, 116.28, 103.53]",
+                           "MODEL.PIXEL_STD", "[58.395, 57.12, 57.375]"], "BGR": []}[fmt]
+    cfg = load_config("faster_rcnn_R50.yaml", ["MODEL.DEVICE", "cpu", "MODEL.RESNETS.DEPTH", str(depth),
+                                               "MODEL.RESNETS.STRIDE_IN_1X1", str(stride_in_1x1), *conventions,
+                                               *extra], use_detectron2=True)
+    return cfg, build_model(cfg)
+
+
+def test_torchvision_weights_through_the_checkpointer(tmp_path):
+    tv = random_torchvision("resnet50")
+    path = str(tmp_path / "r50.pth")
+    torch.save(tv.state_dict(), path)
+    cfg, model = model_for(50, False, "RGB")
+    ResnetBackbonesCheckpointer(model, cfg=cfg).load(path)
+    assert torch.equal(model.backbone.bottom_up.res4[5].conv2.weight, tv.layer3[5].conv2.weight)
+    assert torch.equal(model.backbone.bottom_up.stem.conv1.norm.running_var, tv.bn1.running_var)
+    cfg, model = model_for(50, False, "BGR")
+    with pytest.raises(ConfigError, match="INPUT.FORMAT RGB"):
+        ResnetBackbonesCheckpointer(model, cfg=cfg).load(path)
+
+
+def test_caffe2_pkl_and_converted_file_through_both_checkpointers(tmp_path):
+    src = affine_only_body(9, depth=50, stride_in_1x1=True)
+    pkl = tmp_path / "R-50.pkl"
+    pkl.write_bytes(pickle.dumps(caffe2_blobs(src)))
+    cfg, model = model_for(50, True, "BGR")
+    ResnetBackbonesCheckpointer(model, cfg=cfg).load(str(pkl))
+    for k, v in src.state_dict().items():
+        assert torch.equal(model.backbone.bottom_up.state_dict()[k], v), k
+    out = tmp_path / "R-50.pth"
+    r = subprocess.run([sys.executable, "tools/convert_weights.py", str(pkl), str(out)], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    cfg, plain = model_for(50, True, "BGR")
+    DetectionCheckpointer(plain).load(str(out))  # detectron2's own checkpointer reads the converted file
+    for k, v in src.state_dict().items():
+        assert torch.equal(plain.backbone.bottom_up.state_dict()[k], v), k
+
+
+def test_detectron2_training_checkpoint_round_trips(tmp_path):
+    cfg, model = model_for(50, True, "BGR")
+    randomise_frozen_bn(model.backbone)
+    path = str(tmp_path / "model_final.pth")
+    torch.save({"model": model.state_dict(), "iteration": 10}, path)
+    cfg, other = model_for(50, True, "BGR")
+    ResnetBackbonesCheckpointer(other, cfg=cfg).load(path)
+    for k, v in model.state_dict().items():
+        assert torch.equal(other.state_dict()[k], v), k
+
+
+@pytest.mark.slow
+def test_quick_schedule_trains_and_evaluates_on_detectron2(tmp_path):
+    env = {**os.environ, "RESNET_BACKBONES_DATA": os.environ.get("RESNET_BACKBONES_DATA", str(tmp_path / "data"))}
+    r = subprocess.run([sys.executable, "tools/train_net.py", "--config",
+                        "quick_schedules/faster_rcnn_R18_synthetic.yaml", "--engine", "detectron2",
+                        "OUTPUT_DIR", str(tmp_path / "out"), "SOLVER.MAX_ITER", "20"],
+                       cwd=ROOT, capture_output=True, text=True, env=env, timeout=1200)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Evaluation results for bbox" in r.stdout + r.stderr

@@ -1,0 +1,133 @@
+"""Training, resume, DDP, evaluation and demo on the synthetic dataset (CPU, minutes)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from resnet_backbones.config import load_config
+from resnet_backbones.tv.train import Trainer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QUICK = "quick_schedules/faster_rcnn_R18_synthetic.yaml"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def synthetic_cache(tmp_path_factory):
+    # One synthetic dataset for the whole session (generated once, ~5 s).
+    path = os.environ.get("RESNET_BACKBONES_DATA") or str(tmp_path_factory.mktemp("rbdata"))
+    os.environ["RESNET_BACKBONES_DATA"] = path
+    return path
+
+
+def tiny_cfg(out_dir, *extra):
+    """The quick config shrunk to seconds per iteration: 64 px images, batch 2."""
+    return load_config(QUICK, [
+        "OUTPUT_DIR", str(out_dir), "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "4",
+        "SOLVER.CHECKPOINT_PERIOD", "2", "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MIN_SIZE_TEST", "64",
+        "DATALOADER.NUM_WORKERS", "0", "MODEL.RESNET_BACKBONES.LOG_PERIOD", "1", "DATASETS.TEST", "()",
+        *extra], use_detectron2=False)
+
+
+def losses_by_iteration(out_dir):
+    with open(os.path.join(out_dir, "metrics.json")) as f:
+        rows = [json.loads(line) for line in f]
+    return {r["iteration"]: r["total_loss"] for r in rows if "total_loss" in r}
+
+
+def test_resume_after_interruption_continues_with_the_same_next_loss(tmp_path):
+    straight = tmp_path / "straight"
+    Trainer(tiny_cfg(straight)).train()
+    reference = losses_by_iteration(straight)
+    assert sorted(reference) == [1, 2, 3, 4]
+
+    interrupted = tmp_path / "interrupted"
+    trainer = Trainer(tiny_cfg(interrupted))
+    step = trainer.run_step
+
+    def stop_after_two(iteration, *args):  # a SIGINT arriving during iteration 2
+        values = step(iteration, *args)
+        if iteration == 1:
+            trainer._handle_signal(2, None)
+        return values
+
+    trainer.run_step = stop_after_two
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    assert open(interrupted / "last_checkpoint").read() == "model_0000001.pth"
+    resumed = Trainer(tiny_cfg(interrupted), resume=True)
+    assert resumed.start_iter == 2
+    resumed.train()
+    after = losses_by_iteration(interrupted)
+    assert after[3] == reference[3] and after[4] == reference[4]
+    assert set(os.listdir(straight)) >= {"model_final.pth", "model_0000001.pth", "last_checkpoint", "metrics.json"}
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(straight))
+
+
+def test_nan_loss_stops_with_a_clear_error(tmp_path):
+    trainer = Trainer(tiny_cfg(tmp_path))
+    heads = trainer.model.roi_heads
+    real = heads._box_losses
+    heads._box_losses = lambda *a: {k: v * float("nan") for k, v in real(*a).items()}
+    with pytest.raises(FloatingPointError, match="iteration 0.*loss_cls"):
+        trainer.train()
+
+
+def test_num_classes_mismatch_is_named(tmp_path):
+    with pytest.raises(ValueError, match="NUM_CLASSES 3"):
+        Trainer(tiny_cfg(tmp_path, "MODEL.ROI_HEADS.NUM_CLASSES", "80"))
+
+
+def test_two_process_ddp_on_gloo_stays_in_sync(tmp_path):
+    sys.path.insert(0, os.path.dirname(__file__))
+    import ddp_helper
+
+    from resnet_backbones.tv.distributed import launch
+
+    cfg = tiny_cfg(tmp_path, "SOLVER.MAX_ITER", "3", "SOLVER.IMS_PER_BATCH", "4")
+    launch(ddp_helper.train_and_report, 2, args=(cfg, str(tmp_path)))
+    digests = [open(tmp_path / f"rank{r}.sha").read() for r in (0, 1)]
+    assert digests[0] == digests[1]
+    assert len(losses_by_iteration(tmp_path)) == 3
+
+
+def run_tool(*args, env=None):
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=1200)
+
+
+def test_cli_errors_are_clear(tmp_path):
+    r = run_tool("tools/train_net.py", "--config", QUICK, "MODEL.RESNETS.DEPHT", "18")
+    assert r.returncode == 2 and "MODEL.RESNETS.DEPHT" in r.stderr
+    r = run_tool("tools/train_net.py", "--config", "faster_rcnn_R50.yaml", "--engine", "torchvision",
+                 "MODEL.DEVICE", "cpu", "OUTPUT_DIR", str(tmp_path), "--eval-only",
+                 env={"DETECTRON2_DATASETS": str(tmp_path)})
+    assert r.returncode != 0 and "instances_val2017.json does not exist" in r.stderr
+
+
+@pytest.mark.slow
+def test_ci_sized_training_learns_and_eval_only_and_demo_agree(tmp_path):
+    """A shortened quick schedule (see README "Calibration" for the threshold) then --eval-only and demo."""
+    out = tmp_path / "run"
+    r = run_tool("tools/train_net.py", "--config", QUICK, "OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "200",
+                 "SOLVER.STEPS", "(160,)", "SOLVER.CHECKPOINT_PERIOD", "1000")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Evaluation results for bbox" in r.stdout
+    final = [json.loads(x) for x in open(out / "metrics.json")][-1]
+    print("CI-sized run:", {k: round(v, 2) for k, v in final.items() if k.startswith("bbox/AP")})
+    assert final["bbox/AP50"] >= 30.0
+
+    again = run_tool("tools/train_net.py", "--config", QUICK, "--eval-only", "OUTPUT_DIR", str(tmp_path / "eval"),
+                     "MODEL.WEIGHTS", str(out / "model_final.pth"))
+    assert again.returncode == 0, again.stderr[-3000:]
+    row = [line for line in again.stdout.splitlines() if line.startswith("|") and ":" not in line][-1]
+    assert abs(float(row.split("|")[2]) - final["bbox/AP50"]) < 1e-6
+
+    images = [os.path.join(os.environ["RESNET_BACKBONES_DATA"], "synthetic_shapes_v1", "val", f"00000{i}.png")
+              for i in (0, 1)]
+    demo = run_tool("tools/demo.py", "--config", QUICK, "--input", *images, "--output", str(tmp_path / "demo"),
+                    "MODEL.WEIGHTS", str(out / "model_final.pth"))
+    assert demo.returncode == 0, demo.stderr[-3000:]
+    assert sorted(os.listdir(tmp_path / "demo")) == ["000000.png", "000001.png"]
