@@ -4,7 +4,7 @@ Both engines build their backbone through these functions, so the same yaml give
 """
 from typing import Any, Dict
 
-from .modeling import FPN, ResNet, build_resnet, build_resnet_fpn
+from .modeling import FPN, ResNet, build_resnet, build_resnet_fpn, set_activation_checkpointing, to_channels_last
 
 __all__ = ["resnet_kwargs_from_cfg", "build_body_from_cfg", "build_fpn_from_cfg"]
 
@@ -35,16 +35,24 @@ def resnet_kwargs_from_cfg(cfg, in_channels: int = 3) -> Dict[str, Any]:
     )
 
 
+def _apply_speed_options(cfg, model):
+    if cfg.MODEL.RESNET_BACKBONES.ACTIVATION_CHECKPOINTING:
+        set_activation_checkpointing(model)
+    if cfg.MODEL.RESNET_BACKBONES.CHANNELS_LAST:
+        to_channels_last(model)
+    return model
+
+
 def build_body_from_cfg(cfg, in_channels: int = 3, body_class=ResNet) -> ResNet:
     """The ResNet body alone (detectron2's build_resnet_backbone semantics), out_features from MODEL.RESNETS."""
-    return build_resnet(out_features=list(cfg.MODEL.RESNETS.OUT_FEATURES), body_class=body_class,
-                        **resnet_kwargs_from_cfg(cfg, in_channels))
+    return _apply_speed_options(cfg, build_resnet(out_features=list(cfg.MODEL.RESNETS.OUT_FEATURES),
+                                                  body_class=body_class, **resnet_kwargs_from_cfg(cfg, in_channels)))
 
 
 def build_fpn_from_cfg(cfg, in_channels: int = 3, fpn_class=FPN) -> FPN:
     """Body + FPN (detectron2's build_resnet_fpn_backbone semantics; top block per MODEL.RESNET_BACKBONES)."""
     top = cfg.MODEL.RESNET_BACKBONES.FPN_TOP_BLOCK
-    return build_resnet_fpn(
+    return _apply_speed_options(cfg, build_resnet_fpn(
         in_features=list(cfg.MODEL.FPN.IN_FEATURES),
         out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
         fpn_norm=cfg.MODEL.FPN.NORM,
@@ -54,4 +62,4 @@ def build_fpn_from_cfg(cfg, in_channels: int = 3, fpn_class=FPN) -> FPN:
         fpn_class=fpn_class,
         body_class=getattr(fpn_class, "body_class", ResNet),
         **resnet_kwargs_from_cfg(cfg, in_channels),
-    )
+    ))

@@ -199,6 +199,8 @@ def add_resnet_backbones_config(cfg) -> None:
     SYNTHETIC_ROOT: where the embedded synthetic dataset is generated ("" = $RESNET_BACKBONES_DATA,
         else ~/.cache/resnet_backbones/synthetic_shapes).
     LOG_PERIOD: iterations between progress lines / metrics.json records.
+    ACTIVATION_CHECKPOINTING: recompute each backbone stage in backward (less memory, more time).
+    CHANNELS_LAST: run the backbone in channels_last memory format.
     """
     cfg.MODEL.RESNET_BACKBONES = CfgNode()
     cfg.MODEL.RESNET_BACKBONES.PREACTIVATION = False
@@ -206,6 +208,8 @@ def add_resnet_backbones_config(cfg) -> None:
     cfg.MODEL.RESNET_BACKBONES.FPN_TOP_BLOCK = "LastLevelMaxPool"
     cfg.MODEL.RESNET_BACKBONES.SYNTHETIC_ROOT = ""
     cfg.MODEL.RESNET_BACKBONES.LOG_PERIOD = 20
+    cfg.MODEL.RESNET_BACKBONES.ACTIVATION_CHECKPOINTING = False
+    cfg.MODEL.RESNET_BACKBONES.CHANNELS_LAST = False
 
 
 def get_standalone_cfg() -> CfgNode:
@@ -256,12 +260,14 @@ def load_config(name: str, overrides: Sequence[str] = (), *, use_detectron2: Opt
     try:
         cfg.merge_from_file(path)
         cfg.merge_from_list(overrides)
-    except KeyError as e:
+    except (KeyError, AssertionError) as e:  # yacs: KeyError from files, AssertionError from lists
         raise ConfigError(
             f"{path}: {e.args[0] if e.args else e}. The key is not in the config tree"
             " (a typo, or a detectron2 key this project's standalone defaults do not use:"
             " run with detectron2 installed and --engine detectron2)"
         ) from e
+    except ValueError as e:  # a value of the wrong type
+        raise ConfigError(f"{path}: {e}") from e
     cfg.freeze()
     return cfg
 

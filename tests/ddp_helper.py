@@ -16,7 +16,9 @@ def train_and_report(cfg, out_dir):
     trainer.model = torch.nn.parallel.DistributedDataParallel(trainer.model.module)
     trainer.train()
     digest = hashlib.sha256()
-    for t in trainer.model.module.state_dict().values():
-        digest.update(t.detach().cpu().float().numpy().tobytes())
+    # Parameters must be identical on every rank (gradients are all-reduced). BatchNorm running
+    # statistics are not: DDP broadcasts rank 0's at each forward, and each rank's last forward updates its own.
+    for _, p in trainer.model.module.named_parameters():
+        digest.update(p.detach().cpu().float().numpy().tobytes())
     with open(os.path.join(out_dir, f"rank{get_rank()}.sha"), "w") as f:
         f.write(digest.hexdigest())

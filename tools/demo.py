@@ -48,8 +48,8 @@ def main(argv=None) -> int:
     p.add_argument("--input", nargs="+", required=True, help="image files")
     p.add_argument("--output", required=True, help="folder for the PNGs")
     p.add_argument("--confidence-threshold", type=float, default=0.5)
-    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides (MODEL.WEIGHTS ...)")
-    args = p.parse_args(argv)
+    p.add_argument("opts", nargs="*", help="KEY VALUE overrides (MODEL.WEIGHTS ...)")
+    args = p.parse_intermixed_args(argv)
     from resnet_backbones.tv.model import build_model, load_model_weights, resolve_device
 
     try:

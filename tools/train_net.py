@@ -30,8 +30,8 @@ def parse_args(argv=None):
     p.add_argument("--machine-rank", type=int, default=0)
     p.add_argument("--dist-url", default="auto", help="tcp://<machine 0 address>:<port> for several machines")
     p.add_argument("--engine", choices=("auto", "detectron2", "torchvision"), default="auto")
-    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
-    return p.parse_args(argv)
+    p.add_argument("opts", nargs="*", help="KEY VALUE config overrides")
+    return p.parse_intermixed_args(argv)  # flags may follow the KEY VALUE pairs
 
 
 def main(argv=None) -> int:
@@ -55,16 +55,18 @@ def main(argv=None) -> int:
 
         launch_detectron2(cfg, path, args)
         return 0
+    from resnet_backbones.data import DatasetError
     from resnet_backbones.tv import check_supported, launch
     from resnet_backbones.tv.main import main as tv_main
+    from resnet_backbones.weights import WeightsError
 
     try:
         check_supported(cfg)
-    except ConfigError as e:
+        launch(tv_main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+               dist_url=args.dist_url, args=(cfg, path, args.eval_only, args.resume))
+    except (ConfigError, DatasetError, WeightsError) as e:  # input errors: the message names the fix
         print(f"error: {e}", file=sys.stderr)
         return 2
-    launch(tv_main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(cfg, path, args.eval_only, args.resume))
     return 0
 
 

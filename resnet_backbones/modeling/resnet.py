@@ -14,6 +14,7 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Type
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .norm import FrozenBatchNorm2d, get_norm
 
@@ -342,6 +343,8 @@ class ResNet(nn.Module):
         self._out_features: List[str] = list(out_features)
         self._shapes = {name: shapes[name] for name in self._out_features}
         self.freeze_at = freeze_at
+        # Recompute stage activations in backward (see optimize.set_activation_checkpointing).
+        self.activation_checkpointing = False
         self.freeze(freeze_at)
 
     @property
@@ -374,8 +377,9 @@ class ResNet(nn.Module):
         x = self.stem(x)
         if "stem" in self._out_features:
             outputs["stem"] = x
+        checkpointing = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         for name, stage in zip(self.stage_names, self._stages):
-            x = stage(x)
+            x = checkpoint(stage, x, use_reentrant=False) if checkpointing else stage(x)
             if name in self._out_features:
                 outputs[name] = self.feature_norms[name](x) if self.feature_norms is not None else x
         if self.num_classes is not None:

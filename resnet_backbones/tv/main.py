@@ -4,6 +4,8 @@ import os
 
 import torch
 
+from ..data import get_dataset
+
 from .distributed import get_local_rank, is_main_process, synchronize
 from .model import build_model, load_model_weights, resolve_device
 from .train import Trainer, evaluate, setup_logging
@@ -25,6 +27,9 @@ def _setup(cfg, config_path: str) -> None:
 
 def main(cfg, config_path: str, eval_only: bool, resume: bool):
     _setup(cfg, config_path)
+    # Fail before building anything when a dataset is missing.
+    for name in ([] if eval_only else list(cfg.DATASETS.TRAIN)) + list(cfg.DATASETS.TEST):
+        get_dataset(name, cfg)
     if eval_only:
         device = resolve_device(cfg)
         if device.type == "cuda":
