@@ -99,7 +99,7 @@ def run_tool(*args, env=None):
 
 
 def test_cli_errors_are_clear(tmp_path):
-    r = run_tool("tools/train_net.py", "--config", QUICK, "MODEL.RESNETS.DEPHT", "18")
+    r = run_tool("tools/train_net.py", "--config", QUICK, "--engine", "torchvision", "MODEL.RESNETS.DEPHT", "18")
     assert r.returncode == 2 and "MODEL.RESNETS.DEPHT" in r.stderr
     r = run_tool("tools/train_net.py", "--config", "faster_rcnn_R50.yaml", "--engine", "torchvision",
                  "MODEL.DEVICE", "cpu", "OUTPUT_DIR", str(tmp_path), "--eval-only",
@@ -111,7 +111,8 @@ def test_cli_errors_are_clear(tmp_path):
 def test_ci_sized_training_learns_and_eval_only_and_demo_agree(tmp_path):
     """A shortened quick schedule (see README "Calibration" for the threshold) then --eval-only and demo."""
     out = tmp_path / "run"
-    r = run_tool("tools/train_net.py", "--config", QUICK, "OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "200",
+    r = run_tool("tools/train_net.py", "--config", QUICK, "--engine", "torchvision", "OUTPUT_DIR", str(out),
+                 "SOLVER.MAX_ITER", "200",
                  "SOLVER.STEPS", "(160,)", "SOLVER.CHECKPOINT_PERIOD", "1000")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "Evaluation results for bbox" in r.stdout
@@ -119,7 +120,8 @@ def test_ci_sized_training_learns_and_eval_only_and_demo_agree(tmp_path):
     print("CI-sized run:", {k: round(v, 2) for k, v in final.items() if k.startswith("bbox/AP")})
     assert final["bbox/AP50"] >= 30.0
 
-    again = run_tool("tools/train_net.py", "--config", QUICK, "--eval-only", "OUTPUT_DIR", str(tmp_path / "eval"),
+    again = run_tool("tools/train_net.py", "--config", QUICK, "--engine", "torchvision", "--eval-only",
+                     "OUTPUT_DIR", str(tmp_path / "eval"),
                      "MODEL.WEIGHTS", str(out / "model_final.pth"))
     assert again.returncode == 0, again.stderr[-3000:]
     row = [line for line in again.stdout.splitlines() if line.startswith("|") and ":" not in line][-1]
