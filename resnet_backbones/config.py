@@ -5,7 +5,7 @@ otherwise standalone defaults that mirror detectron2's values for every key this
 test compares the two when detectron2 is installed). A key that is not in the tree is an error.
 """
 import os
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 from fvcore.common.config import CfgNode as _FvCfgNode
 
@@ -293,25 +293,3 @@ def check_cfg_conventions(cfg, conventions) -> None:
             f"MODEL.WEIGHTS={cfg.MODEL.WEIGHTS} was trained with {c.name or 'other'} input conventions; "
             "set " + ", ".join(problems)
         )
-
-
-def config_diff(cfg, base) -> List[str]:
-    """Full names of the keys whose value in ``cfg`` differs from ``base``."""
-    out = []
-
-    def walk(a, b, prefix):
-        for k, v in a.items():
-            name = prefix + k
-            if isinstance(v, _FvCfgNode):
-                walk(v, b.get(k, _FvCfgNode()), name + ".")
-            elif k not in b or _norm(b[k]) != _norm(v):
-                out.append(name)
-
-    walk(cfg, base, "")
-    return out
-
-
-def _norm(v):
-    if isinstance(v, (list, tuple)):
-        return [_norm(x) for x in v]
-    return v

@@ -1,5 +1,4 @@
 """detectron2 plugin tests: run only where detectron2 is importable (install it from its source)."""
-import copy
 import os
 import pickle
 import subprocess

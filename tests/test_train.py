@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from resnet_backbones.config import load_config
 from resnet_backbones.tv.train import Trainer

@@ -31,18 +31,22 @@ class ResnetBackbonesCheckpointer(DetectionCheckpointer):
         self.cfg = cfg
 
     def load(self, path, *args, **kwargs):
+        self._source = path
+        # Conventions of a named source are known before downloading it: fail before the download.
+        check_cfg_conventions(self.cfg, known_conventions(path or ""))
         if path and path.startswith(("torchvision://", "timm://")):
             # Not files: resolved by our catalog (detectron2's PathManager knows only detectron2://).
-            self._named = path
-            return super().load(path, *args, **kwargs)
-        self._named = None
+            checkpoint = self._load_file(path)
+            incompatible = self._load_model(checkpoint)
+            if incompatible is not None:
+                self._log_incompatible_keys(incompatible)
+            return {}
         return super().load(path, *args, **kwargs)
 
     def _load_file(self, filename):
-        source = self._named or filename
-        check_cfg_conventions(self.cfg, known_conventions(source))
-        if self._named:
-            obj, hint = fetch_source(self._named)
+        source = getattr(self, "_source", None) or filename
+        if source.startswith(("torchvision://", "timm://")):
+            obj, hint = fetch_source(source)
         else:
             obj, hint = load_file(filename), "auto"
         state = obj.get("model", obj) if isinstance(obj, dict) else obj

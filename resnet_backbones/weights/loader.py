@@ -4,7 +4,6 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Union
 
-import torch
 from torch import nn
 
 from ..modeling.fpn import FPN
