@@ -87,3 +87,21 @@ def test_activation_checkpointing_gives_the_same_gradients(norm):
     assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 0
     for n in grads[0]:
         assert torch.allclose(grads[0][n], grads[1][n], atol=1e-5, rtol=1e-4), n
+
+
+def test_compiled_inference_matches(image):
+    import torch._dynamo
+
+    from resnet_backbones.modeling import compile_for_inference
+
+    torch._dynamo.reset()
+    model = pretrained_like(depth=18)
+    ref = run(model, image)
+    compiled = compile_for_inference(optimize_for_inference(copy.deepcopy(model)))
+    out = run(compiled, image.contiguous(memory_format=torch.channels_last))
+    import torch._inductor.config
+
+    torch._inductor.config.freezing = False  # compile_for_inference sets it process-wide
+    torch._dynamo.reset()
+    for k in ref:
+        assert (ref[k] - out[k]).abs().max() <= 1e-4, k

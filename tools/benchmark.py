@@ -11,6 +11,9 @@ Variants (FrozenBN everywhere, FREEZE_AT 2, random weights: speed does not depen
   ours             build_resnet_fpn, plain
   ours-opt         inference: FrozenBN folded into the convs + channels_last; training: channels_last
   ours-opt-bf16    ours-opt under bf16 autocast (CPU) / fp16 autocast (CUDA)
+  ours-compiled    inference only: ours-opt + torch.compile with inductor freezing (compile time is
+                   spent in the warm-up run and not timed)
+  ours-compiled-bf16  the same under bf16 / fp16 autocast
   ours-ckpt        training only: activation checkpointing per stage
 Modes: inference (forward, no grad), train (forward + backward of the backbone), detector (a full
 Faster R-CNN training step on a synthetic batch: torchvision engine, and detectron2 engine when importable).
@@ -25,7 +28,6 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import resource
 import statistics
 import sys
 import time
@@ -35,13 +37,28 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import torch  # noqa: E402
 
-VARIANTS = ("d2", "torchvision", "ours", "ours-opt", "ours-opt-bf16", "ours-ckpt")
+VARIANTS = ("d2", "torchvision", "ours", "ours-opt", "ours-opt-bf16", "ours-compiled", "ours-compiled-bf16",
+            "ours-ckpt")
 MODES = ("inference", "train", "detector")
 
 
 def _rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _reset_peak_rss() -> None:
+    # ru_maxrss survives fork+exec (a spawned child starts with its parent's peak): reset VmHWM.
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def _peak_rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def _sync(device):
@@ -95,7 +112,7 @@ def measure(variant: str, mode: str, depth: int, size, batch: int, device_name: 
             step, n_params = _detector_step(variant, depth, size, batch, device)
         else:
             model = build_backbone(variant, depth).to(device)
-            channels_last = variant.startswith("ours-opt")
+            channels_last = variant.startswith(("ours-opt", "ours-compiled"))
             x = torch.randn(batch, 3, *size, device=device) * 50
             if mode == "inference":
                 model.eval()
@@ -103,6 +120,10 @@ def measure(variant: str, mode: str, depth: int, size, batch: int, device_name: 
                     from resnet_backbones.modeling import optimize_for_inference
 
                     optimize_for_inference(model)
+                if variant.startswith("ours-compiled"):
+                    from resnet_backbones.modeling import compile_for_inference
+
+                    model = compile_for_inference(model)
             else:
                 model.train()
                 if channels_last:
@@ -122,6 +143,8 @@ def measure(variant: str, mode: str, depth: int, size, batch: int, device_name: 
 
         _sync(device)
         base_rss = _rss_bytes()
+        if device.type == "cpu":
+            _reset_peak_rss()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
             base_cuda = torch.cuda.memory_allocated()
@@ -137,7 +160,7 @@ def measure(variant: str, mode: str, depth: int, size, batch: int, device_name: 
         if device.type == "cuda":
             peak = torch.cuda.max_memory_allocated() - base_cuda
         else:
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base_rss
+            peak = _peak_rss_bytes() - base_rss
         queue.put({"median_s": statistics.median(times), "times": times, "peak_mb": max(peak, 0) / 2**20,
                    "params": n_params})
     except Exception as e:  # reported in the table instead of killing the whole run
@@ -167,8 +190,11 @@ def _detector_step(engine: str, depth: int, size, batch: int, device):
             inst.gt_classes = torch.tensor([1, 2, 3])
             inputs.append({"image": im.to(device), "instances": inst.to(device)})
 
+        from detectron2.utils.events import EventStorage
+
         def forward():
-            return model(inputs)
+            with EventStorage():  # detectron2's heads log into the current storage
+                return model(inputs)
     else:
         from resnet_backbones.tv.model import build_model as tv_build
 
@@ -180,6 +206,16 @@ def _detector_step(engine: str, depth: int, size, batch: int, device):
         def forward():
             return model(images, targets)
 
+    # Trained-looking FrozenBN statistics: with identity statistics a random-init R50 produces huge
+    # activations and detectron2 stops on non-finite predictions.
+    g = torch.Generator().manual_seed(0)
+    for name, buf in model.backbone.named_buffers():
+        if name.endswith("norm.weight"):
+            buf.copy_(torch.rand(buf.shape, generator=g) * 0.4 + 0.2)
+        elif name.endswith("norm.running_var"):
+            buf.copy_(torch.rand(buf.shape, generator=g) * 1.5 + 0.5)
+        elif name.endswith(("norm.bias", "norm.running_mean")):
+            buf.copy_(torch.rand(buf.shape, generator=g) * 0.2 - 0.1)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=1e-4, momentum=0.9)
 
@@ -260,7 +296,8 @@ def main(argv=None) -> int:
         print("|---|---|---|---|---|---|---|")
         for mode in args.modes:
             names = ["tv-engine"] + (["d2"] if have_d2 else []) if mode == "detector" else \
-                [v for v in variants if not (mode == "inference" and v == "ours-ckpt")]
+                [v for v in variants if not (mode == "inference" and v == "ours-ckpt")
+                 and not (mode == "train" and v.startswith("ours-compiled"))]
             results = {}
             for v in names:
                 results[v] = run_isolated(v, mode, depth, tuple(args.size), args.batch, args.device, args.repeats,

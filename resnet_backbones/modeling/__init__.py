@@ -15,4 +15,4 @@ from .resnet import (
     build_resnet,
     make_stage,
 )
-from .optimize import fold_frozen_batchnorm, optimize_for_inference, set_activation_checkpointing, to_channels_last
+from .optimize import compile_for_inference, fold_frozen_batchnorm, optimize_for_inference, set_activation_checkpointing, to_channels_last

@@ -33,8 +33,12 @@ class FrozenBatchNorm2d(nn.Module):
         return scale, self.bias - self.running_mean * scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # The inference kernel of BatchNorm2d: bit-identical to an eval-mode BatchNorm2d with the
-        # same statistics, and differentiable with respect to x.
+        if x.requires_grad:
+            # An affine map whose backward needs only the scale: F.batch_norm would save its input
+            # for backward, costing one activation per layer in training (as detectron2 notes).
+            scale, shift = self.scale_and_shift()
+            return x * scale.to(x.dtype).reshape(1, -1, 1, 1) + shift.to(x.dtype).reshape(1, -1, 1, 1)
+        # BatchNorm2d's inference kernel: bit-identical to an eval-mode BatchNorm2d with the same statistics.
         return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):

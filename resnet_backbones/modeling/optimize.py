@@ -15,7 +15,8 @@ from torch import nn
 from .norm import FrozenBatchNorm2d
 from .resnet import Conv2d, ResNet
 
-__all__ = ["fold_frozen_batchnorm", "to_channels_last", "set_activation_checkpointing", "optimize_for_inference"]
+__all__ = ["fold_frozen_batchnorm", "to_channels_last", "set_activation_checkpointing", "optimize_for_inference",
+           "compile_for_inference"]
 
 
 @torch.no_grad()
@@ -70,3 +71,14 @@ def optimize_for_inference(model: nn.Module, *, fold_bn: bool = True, channels_l
     if channels_last:
         to_channels_last(model)
     return model
+
+
+def compile_for_inference(model: nn.Module) -> nn.Module:
+    """``torch.compile`` an inference model with inductor's weight freezing (constant-folds and prepacks
+    the conv weights, fuses conv + bias + ReLU/add); call :func:`optimize_for_inference` first and run
+    it under ``torch.no_grad()``. Note: sets ``torch._inductor.config.freezing`` for the whole process.
+    """
+    import torch._inductor.config as inductor_config
+
+    inductor_config.freezing = True
+    return torch.compile(model, fullgraph=True)
