@@ -53,6 +53,8 @@ def test_folded_frozen_bn_matches(r50, image):
     out = run(folded, image)
     for k in ref:
         assert (ref[k] - out[k]).abs().max() <= 1e-4, k
+        cos = F.cosine_similarity(ref[k].flatten(), out16[k].float().flatten(), dim=0).item()
+        assert cos >= 0.999, (k, cos)
 
 
 def test_channels_last_matches(r50, image):
@@ -61,6 +63,8 @@ def test_channels_last_matches(r50, image):
     out = run(model, image.contiguous(memory_format=torch.channels_last))
     for k in ref:
         assert (ref[k] - out[k]).abs().max() <= 1e-4, k
+        cos = F.cosine_similarity(ref[k].flatten(), out16[k].float().flatten(), dim=0).item()
+        assert cos >= 0.999, (k, cos)
 
 
 def test_optimised_bf16_path_keeps_cosine_similarity(r50, image):
@@ -98,10 +102,15 @@ def test_compiled_inference_matches(image):
     model = pretrained_like(depth=18)
     ref = run(model, image)
     compiled = compile_for_inference(optimize_for_inference(copy.deepcopy(model)))
-    out = run(compiled, image.contiguous(memory_format=torch.channels_last))
+    x = image.contiguous(memory_format=torch.channels_last)
+    out = run(compiled, x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out16 = run(compiled, x)  # recompiles for bf16
     import torch._inductor.config
 
     torch._inductor.config.freezing = False  # compile_for_inference sets it process-wide
     torch._dynamo.reset()
     for k in ref:
         assert (ref[k] - out[k]).abs().max() <= 1e-4, k
+        cos = F.cosine_similarity(ref[k].flatten(), out16[k].float().flatten(), dim=0).item()
+        assert cos >= 0.999, (k, cos)
