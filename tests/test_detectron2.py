@@ -202,4 +202,6 @@ def test_quick_schedule_trains_and_evaluates_on_detectron2(tmp_path):
                         "OUTPUT_DIR", str(tmp_path / "out"), "SOLVER.MAX_ITER", "20"],
                        cwd=ROOT, capture_output=True, text=True, env=env, timeout=1200)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "Evaluation results for bbox" in r.stdout + r.stderr
+    # COCOEvaluator ran (after 20 iterations there may be no detection yet, then AP is NaN and
+    # detectron2 prints no table; the full quick schedule prints it: README "Quick schedules").
+    assert "copypaste: AP,AP50,AP75,APs,APm,APl" in r.stdout + r.stderr

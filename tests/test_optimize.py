@@ -53,8 +53,6 @@ def test_folded_frozen_bn_matches(r50, image):
     out = run(folded, image)
     for k in ref:
         assert (ref[k] - out[k]).abs().max() <= 1e-4, k
-        cos = F.cosine_similarity(ref[k].flatten(), out16[k].float().flatten(), dim=0).item()
-        assert cos >= 0.999, (k, cos)
 
 
 def test_channels_last_matches(r50, image):
@@ -63,8 +61,6 @@ def test_channels_last_matches(r50, image):
     out = run(model, image.contiguous(memory_format=torch.channels_last))
     for k in ref:
         assert (ref[k] - out[k]).abs().max() <= 1e-4, k
-        cos = F.cosine_similarity(ref[k].flatten(), out16[k].float().flatten(), dim=0).item()
-        assert cos >= 0.999, (k, cos)
 
 
 def test_optimised_bf16_path_keeps_cosine_similarity(r50, image):
