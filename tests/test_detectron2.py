@@ -21,6 +21,7 @@ from resnet_backbones.config import ConfigError, get_standalone_cfg, load_config
 from resnet_backbones.d2.checkpoint import ResnetBackbonesCheckpointer  # noqa: E402
 
 from test_configs import LEAF_CONFIGS  # noqa: E402
+from test_optimize import trained_looking_statistics_  # noqa: E402
 from test_weights import affine_only_body, caffe2_blobs, random_torchvision  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -116,13 +117,7 @@ def test_full_rcnn_gives_the_same_detections():
     builtin = build_model(d2_cfg(50, True, builtin=True)).eval()
     # Trained-looking FrozenBN statistics keep activations of order 1, so random-init heads still
     # produce many distinct proposals (identity or wider statistics make them degenerate).
-    for name, buf in builtin.backbone.named_buffers():
-        if name.endswith("norm.weight"):
-            buf.uniform_(0.2, 0.6)
-        elif name.endswith(("norm.bias", "running_mean")):
-            buf.uniform_(-0.1, 0.1)
-        elif name.endswith("running_var"):
-            buf.uniform_(0.5, 2.0)
+    trained_looking_statistics_(builtin.backbone)
     ours = build_model(d2_cfg(50, True)).eval()
     ours.load_state_dict(builtin.state_dict())
     image = torch.rand(3, 320, 416) * 255

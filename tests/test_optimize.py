@@ -14,20 +14,22 @@ from resnet_backbones.modeling import (
 )
 
 
-def pretrained_like(depth=50, **kwargs):
-    """An FPN whose FrozenBN statistics look like a trained network's (outputs of order 1)."""
-    torch.manual_seed(0)
-    model = build_resnet_fpn(depth=depth, **kwargs).eval()
-    for name, buf in model.named_buffers():
+def trained_looking_statistics_(module):
+    """Give every FrozenBN trained-looking statistics (activations stay of order 1), in place."""
+    for name, buf in module.named_buffers():
         if name.endswith("norm.weight"):
             buf.uniform_(0.2, 0.6)
-        elif name.endswith("norm.bias"):
-            buf.uniform_(-0.1, 0.1)
-        elif name.endswith("running_mean"):
+        elif name.endswith(("norm.bias", "running_mean")):
             buf.uniform_(-0.1, 0.1)
         elif name.endswith("running_var"):
             buf.uniform_(0.5, 2.0)
-    return model
+    return module
+
+
+def pretrained_like(depth=50, **kwargs):
+    """An FPN whose FrozenBN statistics look like a trained network's (outputs of order 1)."""
+    torch.manual_seed(0)
+    return trained_looking_statistics_(build_resnet_fpn(depth=depth, **kwargs).eval())
 
 
 @pytest.fixture(scope="module")

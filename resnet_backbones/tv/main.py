@@ -8,7 +8,7 @@ from ..data import get_dataset
 
 from .distributed import get_local_rank, is_main_process, synchronize
 from .model import build_model, load_model_weights, resolve_device
-from .train import Trainer, evaluate, setup_logging
+from .train import Trainer, evaluate, last_checkpoint, setup_logging
 
 __all__ = ["main"]
 
@@ -35,10 +35,8 @@ def main(cfg, config_path: str, eval_only: bool, resume: bool):
         if device.type == "cuda":
             device = torch.device("cuda", get_local_rank())
         model = build_model(cfg).to(device)
-        trainer_ckpt = os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")
-        if resume and os.path.isfile(trainer_ckpt):
-            with open(trainer_ckpt) as f:
-                path = os.path.join(cfg.OUTPUT_DIR, f.read().strip())
+        path = last_checkpoint(cfg.OUTPUT_DIR) if resume else None
+        if path is not None:
             model.load_state_dict(torch.load(path, map_location=device, weights_only=True)["model"])
             logger.info("evaluating %s", path)
         elif load_model_weights(model, cfg) != "detector":

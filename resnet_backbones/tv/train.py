@@ -19,7 +19,7 @@ from .distributed import get_local_rank, get_rank, get_world_size, is_main_proce
 from .evaluate import coco_evaluate, format_table, inference_on_dataset, save_results
 from .model import build_model, load_model_weights, resolve_device
 
-__all__ = ["Trainer", "build_optimizer", "build_lr_lambda", "evaluate", "setup_logging"]
+__all__ = ["Trainer", "build_optimizer", "build_lr_lambda", "evaluate", "last_checkpoint", "setup_logging"]
 
 logger = logging.getLogger("resnet_backbones")
 
@@ -94,6 +94,16 @@ def _atomic_save(obj, path: str) -> None:
 
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def last_checkpoint(output_dir: str) -> Optional[str]:
+    """The checkpoint OUTPUT_DIR/last_checkpoint names, or None if there is none."""
+    marker = os.path.join(output_dir, "last_checkpoint")
+    if not os.path.isfile(marker):
+        return None
+    with open(marker) as f:
+        path = os.path.join(output_dir, f.read().strip())
+    return path if os.path.isfile(path) else None
 
 
 def build_test_dataset(cfg, name: str) -> COCOInstances:
@@ -172,16 +182,8 @@ class Trainer:
         self._stop_signal: Optional[int] = None
 
     # -- checkpoints ---------------------------------------------------------------------------
-    def _last_checkpoint(self) -> Optional[str]:
-        marker = os.path.join(self.cfg.OUTPUT_DIR, "last_checkpoint")
-        if not os.path.isfile(marker):
-            return None
-        with open(marker) as f:
-            path = os.path.join(self.cfg.OUTPUT_DIR, f.read().strip())
-        return path if os.path.isfile(path) else None
-
     def _resume_or_load(self, resume: bool) -> None:
-        last = self._last_checkpoint() if resume else None
+        last = last_checkpoint(self.cfg.OUTPUT_DIR) if resume else None
         if resume and last is None:
             logger.info("--resume: no checkpoint in %s, starting from MODEL.WEIGHTS", self.cfg.OUTPUT_DIR)
         if last is None:
