@@ -1,5 +1,4 @@
 """torchvision engine: training loop, checkpoints, metrics and evaluation, driven by the cfg."""
-import bisect
 import datetime
 import json
 import logging
@@ -9,21 +8,20 @@ import signal
 import statistics
 import time
 from collections import defaultdict, deque
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 import torch
 from torch import nn
 
 from ..data import COCOInstances, TrainingBatchSampler, collate, get_dataset
+from ..solver import amp_dtype, build_lr_scheduler, build_optimizer, clip_gradients_
 from .distributed import get_local_rank, get_rank, get_world_size, is_main_process, synchronize
 from .evaluate import coco_evaluate, format_table, inference_on_dataset, save_results
 from .model import build_model, load_model_weights, resolve_device
 
-__all__ = ["Trainer", "build_optimizer", "build_lr_lambda", "evaluate", "last_checkpoint", "setup_logging"]
+__all__ = ["Trainer", "evaluate", "last_checkpoint", "setup_logging"]
 
 logger = logging.getLogger("resnet_backbones")
-
-_NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm, nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm2d)
 
 
 def setup_logging(output_dir: Optional[str] = None) -> None:
@@ -43,47 +41,6 @@ def setup_logging(output_dir: Optional[str] = None) -> None:
         fh = logging.FileHandler(os.path.join(output_dir, name))
         fh.setFormatter(fmt)
         root.addHandler(fh)
-
-
-def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
-    """SGD with detectron2's parameter groups: WEIGHT_DECAY_NORM for norm layers, BIAS_LR_FACTOR and
-    WEIGHT_DECAY_BIAS for biases, WEIGHT_DECAY elsewhere."""
-    s = cfg.SOLVER
-    wd_bias = s.WEIGHT_DECAY if s.WEIGHT_DECAY_BIAS is None else s.WEIGHT_DECAY_BIAS
-    groups: Dict[tuple, List[nn.Parameter]] = defaultdict(list)
-    seen = set()
-    for module in model.modules():
-        for name, p in module.named_parameters(recurse=False):
-            if not p.requires_grad or id(p) in seen:
-                continue
-            seen.add(id(p))
-            lr, wd = s.BASE_LR, s.WEIGHT_DECAY
-            if isinstance(module, _NORM_TYPES):
-                wd = s.WEIGHT_DECAY_NORM
-            elif name == "bias":
-                lr, wd = s.BASE_LR * s.BIAS_LR_FACTOR, wd_bias
-            groups[(lr, wd)].append(p)
-    return torch.optim.SGD([{"params": ps, "lr": lr, "initial_lr": lr, "weight_decay": wd}
-                            for (lr, wd), ps in groups.items()], lr=s.BASE_LR, momentum=s.MOMENTUM,
-                           nesterov=s.NESTEROV)
-
-
-def build_lr_lambda(cfg):
-    """Warmup (linear or constant, WARMUP_FACTOR over WARMUP_ITERS) times GAMMA ** (steps passed)."""
-    s = cfg.SOLVER
-    steps = sorted(s.STEPS)
-    bad = [x for x in steps if x > s.MAX_ITER]
-    if bad:
-        logger.warning("SOLVER.STEPS %s exceed SOLVER.MAX_ITER=%d and will never apply", bad, s.MAX_ITER)
-
-    def factor(it: int) -> float:
-        warm = 1.0
-        if it < s.WARMUP_ITERS:
-            warm = s.WARMUP_FACTOR if s.WARMUP_METHOD == "constant" else \
-                s.WARMUP_FACTOR * (1 - it / s.WARMUP_ITERS) + it / s.WARMUP_ITERS
-        return warm * s.GAMMA ** bisect.bisect_right(steps, it)
-
-    return factor
 
 
 def _atomic_save(obj, path: str) -> None:
@@ -136,8 +93,9 @@ def evaluate(cfg, model: nn.Module, device: torch.device) -> Dict[str, Dict[str,
 class Trainer:
     """Iteration-based training (detectron2's SimpleTrainer semantics) for the torchvision engine.
 
-    - SGD + WarmupMultiStepLR per SOLVER; AMP (SOLVER.AMP.ENABLED: fp16 + GradScaler on CUDA, bf16 on
-      CPU) and gradient clipping (SOLVER.CLIP_GRADIENTS).
+    - Optimizer, LR schedule, gradient clipping and AMP dtype from :mod:`resnet_backbones.solver`
+      (detectron2's, tested against it): SOLVER.AMP.ENABLED is fp16 + GradScaler on CUDA, bf16 on a
+      CPU with native bf16, else FP32.
     - Deterministic: the batch stream and every random draw of iteration i depend only on
       (SEED, i, rank), so ``resume`` continues exactly (same next loss).
     - Checkpoints (model, optimizer, scheduler, scaler, iteration) every SOLVER.CHECKPOINT_PERIOD, at
@@ -170,9 +128,10 @@ class Trainer:
                              f"{self.dataset.num_classes}")
         model = build_model(cfg).to(self.device)
         self.optimizer = build_optimizer(cfg, model)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, build_lr_lambda(cfg))
-        self.amp = cfg.SOLVER.AMP.ENABLED
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.device.type == "cuda")
+        self.scheduler = build_lr_scheduler(cfg, self.optimizer)
+        # None: FP32 (AMP off, or no native half precision here: amp_dtype logs why).
+        self.amp_dtype = amp_dtype(self.device) if cfg.SOLVER.AMP.ENABLED else None
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.start_iter = 0
         self.model = model
         self._resume_or_load(resume)
@@ -231,8 +190,7 @@ class Trainer:
         torch.manual_seed((self.seed * 1_000_003 + iteration) * 1009 + get_rank())
         images = [im.to(self.device, non_blocking=True) for im in images]
         targets = [{k: v.to(self.device, non_blocking=True) for k, v in t.items()} for t in targets]
-        amp_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
-        with torch.autocast(self.device.type, dtype=amp_dtype, enabled=self.amp):
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             loss_dict = self.model(images, targets)
         losses = sum(loss_dict.values())
         values = {k: v.detach().float() for k, v in loss_dict.items()}
@@ -248,14 +206,10 @@ class Trainer:
             )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(losses).backward()
-        clip = self.cfg.SOLVER.CLIP_GRADIENTS
-        if clip.ENABLED:
-            self.scaler.unscale_(self.optimizer)
-            params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
-            if clip.CLIP_TYPE == "value":
-                torch.nn.utils.clip_grad_value_(params, clip.CLIP_VALUE)
-            else:
-                torch.nn.utils.clip_grad_norm_(params, clip.CLIP_VALUE, clip.NORM_TYPE)
+        if self.cfg.SOLVER.CLIP_GRADIENTS.ENABLED:
+            self.scaler.unscale_(self.optimizer)  # clip true gradients, as detectron2 does inside step()
+            clip_gradients_(self.cfg.SOLVER.CLIP_GRADIENTS,
+                            [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None])
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
