@@ -57,7 +57,7 @@ def main(argv=None) -> int:
         return 0
     from resnet_backbones.data import DatasetError
     from resnet_backbones.tv import check_supported, launch
-    from resnet_backbones.tv.main import main as tv_main
+    from resnet_backbones.tv.main import ResultsVerificationError, main as tv_main
     from resnet_backbones.weights import WeightsError
 
     try:
@@ -67,6 +67,9 @@ def main(argv=None) -> int:
     except (ConfigError, DatasetError, WeightsError) as e:  # input errors: the message names the fix
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except ResultsVerificationError as e:  # as detectron2's verify_results: exit status 1
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
