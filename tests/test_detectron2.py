@@ -200,3 +200,63 @@ def test_quick_schedule_trains_and_evaluates_on_detectron2(tmp_path):
     # COCOEvaluator ran (after 20 iterations there may be no detection yet, then AP is NaN and
     # detectron2 prints no table; the full quick schedule prints it: README "Quick schedules").
     assert "copypaste: AP,AP50,AP75,APs,APm,APl" in r.stdout + r.stderr
+
+
+def test_amp_on_cpu_trains_mask_rcnn_with_bf16_autocast(tmp_path, monkeypatch):
+    """SOLVER.AMP.ENABLED (the Mask R-CNN quick schedule's) on a CPU: detectron2's AMPTrainer asserts
+    CUDA; ours autocasts to bf16 where the CPU has it natively (else trains in FP32)."""
+    from resnet_backbones import solver
+    from resnet_backbones.d2.train import CPUAutocastTrainer, Trainer, register_datasets
+
+    monkeypatch.setenv("RESNET_BACKBONES_DATA", os.environ.get("RESNET_BACKBONES_DATA", str(tmp_path / "data")))
+    cfg = load_config("quick_schedules/mask_rcnn_R18_synthetic.yaml", [
+        "OUTPUT_DIR", str(tmp_path / "out"), "SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", "2",
+        "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "96", "DATASETS.TEST", "()",
+        "DATALOADER.NUM_WORKERS", "0"], use_detectron2=True)
+    assert cfg.SOLVER.AMP.ENABLED and cfg.MODEL.DEVICE == "cpu"
+    register_datasets(cfg)
+    trainer = Trainer(cfg)
+    bf16 = solver.cpu_supports_bf16()
+    assert type(trainer._trainer) is (CPUAutocastTrainer if bf16 else detectron2.engine.SimpleTrainer)
+    dtypes = set()
+    conv = next(m for m in trainer.model.backbone.modules() if isinstance(m, torch.nn.Conv2d))
+    conv.register_forward_hook(lambda m, i, o: dtypes.add(o.dtype))
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    assert trainer.iter == 2
+    assert dtypes == {torch.bfloat16 if bf16 else torch.float32}
+    losses = trainer.storage.history("total_loss").values()
+    assert len(losses) == 2 and all(torch.isfinite(torch.tensor(v)) for v, _ in losses)
+    assert os.path.isfile(tmp_path / "out" / "model_final.pth")
+
+
+def test_amp_on_a_cpu_without_bf16_falls_back_to_fp32(monkeypatch, caplog):
+    from detectron2.engine import AMPTrainer, SimpleTrainer
+
+    from resnet_backbones import solver
+    from resnet_backbones.d2.train import _inner_trainer_for_device
+
+    model = torch.nn.Linear(2, 2)
+    amp = AMPTrainer(model, [], torch.optim.SGD(model.parameters(), lr=0.1))
+    cfg = d2_get_cfg()
+    cfg.MODEL.DEVICE = "cpu"
+    monkeypatch.setattr(solver, "cpu_supports_bf16", lambda: False)
+    inner = _inner_trainer_for_device(cfg, amp)
+    assert type(inner) is SimpleTrainer and inner.model is model and inner.optimizer is amp.optimizer
+    assert "no native bf16" in caplog.text
+    cfg.MODEL.DEVICE = "cuda"  # detectron2's own AMPTrainer (fp16 + GradScaler) on CUDA
+    assert _inner_trainer_for_device(cfg, amp) is amp
+
+
+def test_expected_results_are_verified_like_detectron2_train_net():
+    from detectron2.evaluation import verify_results
+
+    from resnet_backbones.tv.main import ResultsVerificationError, verify_results as ours
+
+    cfg = d2_get_cfg()
+    cfg.TEST.EXPECTED_RESULTS = [["bbox", "AP", 40.0, 0.5]]
+    assert verify_results(cfg, {"bbox": {"AP": 40.3}}) and ours(cfg, {"bbox": {"AP": 40.3}}) is None
+    with pytest.raises(SystemExit):
+        verify_results(cfg, {"bbox": {"AP": 39.0}})
+    with pytest.raises(ResultsVerificationError):
+        ours(cfg, {"bbox": {"AP": 39.0}})

@@ -1,20 +1,25 @@
 """The detectron2 engine: thin glue over DefaultTrainer (COCOEvaluator, our checkpointer, our datasets)."""
 import logging
 import os
+import time
+import warnings
 import weakref
 
+import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
-from detectron2.engine import DefaultTrainer, launch
-from detectron2.evaluation import COCOEvaluator
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, launch
+from detectron2.evaluation import COCOEvaluator, verify_results
 from detectron2.utils import comm
+from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
 from ..data import get_dataset, registered_datasets
+from ..solver import amp_dtype
 from .backbone import register_backbones
 from .checkpoint import ResnetBackbonesCheckpointer
 
-__all__ = ["Trainer", "register_datasets", "launch_detectron2"]
+__all__ = ["CPUAutocastTrainer", "Trainer", "register_datasets", "launch_detectron2"]
 
 logger = logging.getLogger("resnet_backbones")
 
@@ -35,11 +40,65 @@ def register_datasets(cfg) -> None:
         MetadataCatalog.get(name).set(json_file=spec.json_file, image_root=spec.image_root, evaluator_type="coco")
 
 
+class CPUAutocastTrainer(SimpleTrainer):
+    """detectron2's SimpleTrainer with the forward pass and the loss sum under CPU autocast: what
+    detectron2's ``AMPTrainer`` does on CUDA, for SOLVER.AMP.ENABLED on a CPU (``AMPTrainer.run_step``
+    asserts CUDA). ``precision`` is bfloat16, which keeps float32's exponent range, so no gradient
+    scaler is needed; backward and the optimizer step run outside autocast, as in AMPTrainer.
+    """
+
+    def __init__(self, model, data_loader, optimizer, *, precision: torch.dtype = torch.bfloat16, **kwargs):
+        super().__init__(model, data_loader, optimizer, **kwargs)
+        self.precision = precision
+
+    def run_step(self):
+        assert self.model.training, "[CPUAutocastTrainer] model was changed to eval mode!"
+        start = time.perf_counter()
+        data = next(self._data_loader_iter)
+        data_time = time.perf_counter() - start
+        if self.zero_grad_before_forward:
+            self.optimizer.zero_grad()
+        with torch.autocast("cpu", dtype=self.precision):
+            loss_dict = self.model(data)
+            if isinstance(loss_dict, torch.Tensor):
+                loss_dict = {"total_loss": loss_dict}
+            losses = sum(loss_dict.values())
+        if not self.zero_grad_before_forward:
+            self.optimizer.zero_grad()
+        losses.backward()
+        self.after_backward()
+        if self.async_write_metrics:
+            self.concurrent_executor.submit(self._write_metrics, loss_dict, data_time, iter=self.iter)
+        else:
+            self._write_metrics(loss_dict, data_time)
+        self.optimizer.step()
+
+
+def _inner_trainer_for_device(cfg, trainer: SimpleTrainer) -> SimpleTrainer:
+    """DefaultTrainer's inner trainer, with SOLVER.AMP.ENABLED made to work off CUDA: detectron2's
+    AMPTrainer (fp16 + GradScaler) on CUDA; on a CPU, :class:`CPUAutocastTrainer` in bf16 where the
+    CPU supports it natively, else the FP32 SimpleTrainer (``amp_dtype`` logs why)."""
+    if not isinstance(trainer, AMPTrainer):
+        return trainer
+    dtype = amp_dtype(torch.device(cfg.MODEL.DEVICE))
+    if dtype == torch.float16:  # CUDA: detectron2's own AMP
+        return trainer
+    args = (trainer.model, trainer.data_loader, trainer.optimizer)
+    if dtype is None:
+        return SimpleTrainer(*args)
+    logger.info("SOLVER.AMP.ENABLED on %s: %s autocast", cfg.MODEL.DEVICE, dtype)
+    return CPUAutocastTrainer(*args, precision=dtype)
+
+
 class Trainer(DefaultTrainer):
-    """DefaultTrainer whose MODEL.WEIGHTS go through :class:`ResnetBackbonesCheckpointer`."""
+    """DefaultTrainer whose MODEL.WEIGHTS go through :class:`ResnetBackbonesCheckpointer` and whose
+    SOLVER.AMP.ENABLED also works on a CPU (:func:`_inner_trainer_for_device`)."""
 
     def __init__(self, cfg):
-        super().__init__(cfg)
+        with warnings.catch_warnings():  # the AMPTrainer we replace off CUDA makes a CUDA GradScaler
+            warnings.filterwarnings("ignore", message=".*GradScaler is enabled, but CUDA is not available")
+            super().__init__(cfg)
+        self._trainer = _inner_trainer_for_device(cfg, self._trainer)
         self.checkpointer = ResnetBackbonesCheckpointer(
             self._trainer.model, cfg.OUTPUT_DIR, cfg=cfg, trainer=weakref.proxy(self))
 
@@ -57,15 +116,22 @@ def _main(cfg, config_path: str, eval_only: bool, resume: bool):
         with open(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), "w") as f:
             f.write(cfg.dump())
     logger.info("detectron2 engine, config %s", config_path)
+    # As detectron2's default_setup: a per-rank seed from SEED, cudnn.benchmark for training only.
+    seed_all_rng(None if cfg.SEED < 0 else cfg.SEED + comm.get_rank())
+    if not eval_only:
+        torch.backends.cudnn.benchmark = cfg.CUDNN_BENCHMARK
     register_backbones()
     register_datasets(cfg)
     if eval_only:
         model = Trainer.build_model(cfg)
         ResnetBackbonesCheckpointer(model, cfg.OUTPUT_DIR, cfg=cfg).resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
-        return Trainer.test(cfg, model)
+        results = Trainer.test(cfg, model)
+        if comm.is_main_process():  # TEST.EXPECTED_RESULTS, as detectron2's train_net (exit 1 on a mismatch)
+            verify_results(cfg, results)
+        return results
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=resume)
-    return trainer.train()
+    return trainer.train()  # DefaultTrainer.train verifies TEST.EXPECTED_RESULTS itself
 
 
 def launch_detectron2(cfg, config_path: str, args) -> None:
