@@ -1,6 +1,7 @@
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -36,7 +37,7 @@ def test_synthetic_annotations_are_consistent(tiny):
     ds = COCOInstances(tiny, with_masks=True)
     for i in range(len(ds)):
         image, target = ds[i]
-        assert image.dtype == torch.float32 and image.shape[0] == 3 and 0 <= image.min() and image.max() <= 255
+        assert image.dtype == torch.uint8 and image.shape[0] == 3  # as detectron2's mapper gives it
         for box, mask in zip(target["boxes"], target["masks"]):
             ys, xs = torch.nonzero(mask, as_tuple=True)
             assert box.tolist() == [xs.min().item(), ys.min().item(), xs.max().item() + 1, ys.max().item() + 1]
@@ -53,6 +54,39 @@ def test_flip_moves_boxes_with_masks(tiny):
         assert box[0].item() == xs.min().item() and box[2].item() == xs.max().item() + 1
     rgb = COCOInstances(tiny)[0][0]
     assert torch.equal(rgb, img.flip(0))
+
+
+def test_exif_orientation_is_applied_and_polygons_are_read(tmp_path):
+    """detectron2's read_image applies the EXIF orientation; polygons stay polygons with MASK_FORMAT polygon."""
+    from PIL import Image
+
+    from resnet_backbones.data.catalog import DatasetSpec
+
+    arr = np.zeros((20, 30, 3), np.uint8)
+    arr[:5, :] = 255  # a white band along the top of the stored image
+    exif = Image.Exif()
+    exif[0x0112] = 6  # displayed rotated 90 degrees clockwise: 30 x 20 (h x w), band on the right
+    Image.fromarray(arr).save(tmp_path / "a.jpg", exif=exif, quality=100)
+    poly = [2.0, 2.0, 15.0, 2.0, 15.0, 25.0]
+    data = {"images": [{"id": 1, "file_name": "a.jpg", "height": 30, "width": 20}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 7, "bbox": [2, 2, 13, 23], "area": 150,
+                             "iscrowd": 0, "segmentation": [poly]},
+                            {"id": 2, "image_id": 1, "category_id": 7, "bbox": [0, 0, 5, 5], "area": 25,
+                             "iscrowd": 1, "segmentation": {"counts": [0, 25, 575], "size": [30, 20]}}],
+            "categories": [{"id": 7, "name": "x"}]}
+    (tmp_path / "a.json").write_text(json.dumps(data))
+    spec = DatasetSpec("exif", str(tmp_path / "a.json"), str(tmp_path))
+    image, target = COCOInstances(spec, with_masks=True, mask_format="polygon")[0]
+    assert tuple(image.shape) == (3, 30, 20)
+    assert image[:, :, -3:].float().mean() > 200 and image[:, :, :3].float().mean() < 50
+    assert len(target["polygons"]) == 1 and target["polygons"][0][0].tolist() == poly  # the crowd one is skipped
+    _, flipped = COCOInstances(spec, with_masks=True, mask_format="polygon")[(0, True)]
+    assert flipped["polygons"][0][0].tolist() == [18.0, 2.0, 5.0, 2.0, 5.0, 25.0]
+
+
+def test_rle_with_polygon_mask_format_is_refused(tiny):
+    with pytest.raises(DatasetError, match="INPUT.MASK_FORMAT bitmask"):
+        COCOInstances(tiny, with_masks=True, mask_format="polygon")[0]
 
 
 def test_sampler_is_deterministic_grouped_and_resumable():

@@ -129,6 +129,8 @@ def affine_only_body(seed: int, **kwargs) -> nn.Module:
             buf.uniform_(0.5, 1.5)
         elif name.endswith("norm.bias"):
             buf.uniform_(-0.5, 0.5)
+        elif name.endswith("norm.running_var"):
+            buf.fill_(1.0)  # what detectron2 (and our loader) give AffineChannel norms
     return body
 
 

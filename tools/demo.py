@@ -14,7 +14,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from PIL import Image  # noqa: E402
+from PIL import Image, ImageOps  # noqa: E402
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks  # noqa: E402
 
 from resnet_backbones.config import ConfigError, load_config  # noqa: E402
@@ -35,7 +35,7 @@ def draw(image_rgb: np.ndarray, out: dict, names, threshold: float) -> Image.Ima
     canvas = torch.from_numpy(image_rgb).permute(2, 0, 1).contiguous()
     keep = out["scores"] >= threshold
     if "masks" in out and keep.any():
-        canvas = draw_segmentation_masks(canvas, out["masks"][keep, 0] > 0.5, alpha=0.45)
+        canvas = draw_segmentation_masks(canvas, out["masks"][keep, 0].bool(), alpha=0.45)
     labels = [f"{names[int(c) - 1]} {float(s):.2f}" for c, s in zip(out["labels"][keep], out["scores"][keep])]
     if keep.any():
         canvas = draw_bounding_boxes(canvas, out["boxes"][keep], labels=labels, width=2, colors="yellow")
@@ -50,7 +50,8 @@ def main(argv=None) -> int:
     p.add_argument("--confidence-threshold", type=float, default=0.5)
     p.add_argument("opts", nargs="*", help="KEY VALUE overrides (MODEL.WEIGHTS ...)")
     args = p.parse_intermixed_args(argv)
-    from resnet_backbones.tv.model import build_model, load_model_weights, resolve_device
+    from resnet_backbones.tv.model import build_model, resolve_device
+    from resnet_backbones.weights.resolve import load_model_weights
 
     try:
         cfg = load_config(args.config, args.opts, use_detectron2=False)
@@ -65,12 +66,12 @@ def main(argv=None) -> int:
     os.makedirs(args.output, exist_ok=True)
     for path in args.input:
         try:
-            with Image.open(path) as im:
-                rgb = np.array(im.convert("RGB"))
+            with Image.open(path) as im:  # EXIF orientation applied, as detectron2's read_image
+                rgb = np.array(ImageOps.exif_transpose(im).convert("RGB"))
         except Exception as e:
             print(f"error: cannot read image {path}: {e}", file=sys.stderr)
             return 2
-        tensor = torch.from_numpy(rgb).permute(2, 0, 1).float()
+        tensor = torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
         if cfg.INPUT.FORMAT == "BGR":
             tensor = tensor.flip(0)
         with torch.no_grad():

@@ -6,7 +6,7 @@ from typing import Dict, Iterator, List, Sequence, Tuple
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 
@@ -19,21 +19,27 @@ class COCOInstances(torch.utils.data.Dataset):
     """Images and instance annotations of one COCO json.
 
     Items are indexed by ``(index, flip)``; ``dataset[i]`` means ``(i, False)``. An item is
-    ``(image, target)`` with ``image`` a float32 (3, H, W) tensor of 0-255 values in ``input_format``
-    channel order, and ``target`` holding ``boxes`` (K, 4) xyxy, ``labels`` (K,) contiguous ids 1..C,
-    ``masks`` (K, H, W) uint8 when ``with_masks``, and ``image_id``.
+    ``(image, target)`` with ``image`` a uint8 (3, H, W) tensor in ``input_format`` channel order,
+    read as detectron2's ``read_image`` reads it (EXIF orientation applied, grey images converted),
+    and ``target`` holding ``boxes`` (K, 4) xyxy, ``labels`` (K,) contiguous ids 1..C, ``image_id``,
+    and with ``with_masks`` either ``masks`` (K, H, W) uint8 (``mask_format="bitmask"``) or
+    ``polygons`` (``mask_format="polygon"``: per instance a list of float64 arrays x0, y0, x1, ...),
+    as detectron2's ``annotations_to_instances`` builds BitMasks or PolygonMasks.
 
-    Crowd annotations and boxes without area are skipped; with ``filter_empty`` images left without
-    annotations are dropped (detectron2's DATALOADER.FILTER_EMPTY_ANNOTATIONS).
+    Crowd annotations are skipped (detectron2's DatasetMapper drops them); with ``filter_empty``
+    images without a non-crowd annotation are dropped (DATALOADER.FILTER_EMPTY_ANNOTATIONS).
     """
 
     def __init__(self, spec: DatasetSpec, *, input_format: str = "RGB", with_masks: bool = False,
-                 filter_empty: bool = False):
+                 filter_empty: bool = False, mask_format: str = "bitmask"):
         if input_format not in ("RGB", "BGR"):
             raise ValueError(f"INPUT.FORMAT={input_format!r}: this engine reads RGB or BGR images")
+        if mask_format not in ("polygon", "bitmask"):
+            raise ValueError(f"INPUT.MASK_FORMAT={mask_format!r}: polygon or bitmask")
         self.spec = spec
         self.input_format = input_format
         self.with_masks = with_masks
+        self.mask_format = mask_format
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
             try:
                 self.coco = COCO(spec.json_file)
@@ -52,7 +58,7 @@ class COCOInstances(torch.utils.data.Dataset):
 
     @staticmethod
     def _usable(ann) -> bool:
-        return not ann.get("iscrowd", 0) and ann["bbox"][2] > 0 and ann["bbox"][3] > 0
+        return not ann.get("iscrowd", 0)
 
     @property
     def num_classes(self) -> int:
@@ -69,7 +75,7 @@ class COCOInstances(torch.utils.data.Dataset):
         path = os.path.join(self.spec.image_root, info["file_name"])
         try:
             with Image.open(path) as im:
-                array = np.array(im.convert("RGB"))
+                array = np.array(ImageOps.exif_transpose(im).convert("RGB"))
         except FileNotFoundError as e:
             raise DatasetError(f"image {path} listed in {self.spec.json_file} does not exist") from e
         except Exception as e:
@@ -83,6 +89,18 @@ class COCOInstances(torch.utils.data.Dataset):
                 f"{info['width']}x{info['height']}"
             )
         return array
+
+    def _polygons(self, ann) -> List[np.ndarray]:
+        seg = ann["segmentation"]
+        if not isinstance(seg, list):
+            raise DatasetError(
+                f"annotation {ann.get('id')} of {self.spec.json_file} is RLE, not polygons: set INPUT.MASK_FORMAT "
+                "bitmask (detectron2 refuses RLE with mask_format polygon too)")
+        polys = [np.asarray(p, dtype=np.float64) for p in seg if len(p) % 2 == 0 and len(p) >= 6]
+        if len(polys) != len(seg):
+            raise DatasetError(f"annotation {ann.get('id')} of {self.spec.json_file} has a polygon with fewer "
+                               "than 3 points or an odd number of coordinates")
+        return polys
 
     def _mask(self, ann, height: int, width: int) -> np.ndarray:
         seg = ann["segmentation"]
@@ -110,18 +128,28 @@ class COCOInstances(torch.utils.data.Dataset):
             "labels": torch.tensor([self._contiguous[a["category_id"]] for a in anns], dtype=torch.int64),
             "image_id": torch.tensor(img_id),
         }
-        if self.with_masks:
+        if self.with_masks and self.mask_format == "bitmask":
             masks = np.stack([self._mask(a, height, width) for a in anns]) if anns else np.zeros((0, height, width), np.uint8)
             target["masks"] = torch.from_numpy(masks)
-        tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
+        elif self.with_masks:
+            target["polygons"] = [self._polygons(a) for a in anns]
+        tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
         if self.input_format == "BGR":
             tensor = tensor.flip(0)
         if flip:
             tensor = tensor.flip(-1)
             target["boxes"] = torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1)
-            if self.with_masks:
+            if "masks" in target:
                 target["masks"] = target["masks"].flip(-1)
-        return tensor, target
+            if "polygons" in target:
+                target["polygons"] = [[_flip_x(p, width) for p in inst] for inst in target["polygons"]]
+        return tensor.contiguous(), target
+
+
+def _flip_x(polygon: np.ndarray, width: int) -> np.ndarray:
+    out = polygon.copy()
+    out[0::2] = width - out[0::2]
+    return out
 
 
 class TrainingBatchSampler(torch.utils.data.Sampler):

@@ -31,7 +31,8 @@ def _to_coco(output: Dict[str, torch.Tensor], image_id: int, category_ids: List[
     labels = output["labels"].cpu().tolist()
     rles = None
     if "masks" in output:
-        binary = (output["masks"][:, 0] > 0.5).cpu().numpy().astype(np.uint8)
+        masks = output["masks"][:, 0]  # bool, pasted as detectron2's paste_masks_in_image (>= 0.5)
+        binary = (masks if masks.dtype == torch.bool else masks >= 0.5).cpu().numpy().astype(np.uint8)
         rles = [mask_util.encode(np.asfortranarray(m)) for m in binary]
         for r in rles:
             r["counts"] = r["counts"].decode("ascii")
@@ -76,8 +77,11 @@ def coco_evaluate(dataset: COCOInstances, results: List[dict], iou_types: List[s
             logger.warning("no predictions: %s AP is 0", iou_type)
             out[iou_type] = {m: 0.0 for m in METRICS}
             continue
+        # As detectron2's COCOEvaluator: segm results carry no box, so that pycocotools takes each
+        # detection's area (small/medium/large) from its mask, not its box.
+        dets = [{k: v for k, v in r.items() if not (iou_type == "segm" and k == "bbox")} for r in results]
         with contextlib.redirect_stdout(io.StringIO()):
-            coco_dt = dataset.coco.loadRes([dict(r) for r in results])
+            coco_dt = dataset.coco.loadRes(dets)
             ev = COCOeval(dataset.coco, coco_dt, iou_type)
             ev.params.imgIds = dataset.image_ids
             ev.evaluate()

@@ -224,7 +224,6 @@ def _from_torchvision(state: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torch.T
 _C2_RE = re.compile(r"^res(\d)_(\d+)_branch(1|2a|2b|2c)_(w|bn_s|bn_b|gn_s|gn_b)$")
 _C2_LAYER = {"1": "shortcut", "2a": "conv1", "2b": "conv2", "2c": "conv3"}
 _C2_LEAF = {"w": "weight", "bn_s": "norm.weight", "bn_b": "norm.bias", "gn_s": "norm.weight", "gn_b": "norm.bias"}
-_AFFINE_EPS = 1e-5  # FrozenBatchNorm2d / BatchNorm2d eps: running_var = 1 - eps makes the map exact
 
 
 def _from_caffe2(state: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], List[str]]:
@@ -257,7 +256,10 @@ def _from_caffe2(state: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor
     for prefix in affine:
         channels = body[prefix + "weight"].shape[0]
         body[prefix + "running_mean"] = torch.zeros(channels)
-        body[prefix + "running_var"] = torch.ones(channels) - _AFFINE_EPS
+        # detectron2's FrozenBatchNorm2d loads AffineChannel blobs (no statistics) with running_var = 1,
+        # i.e. x * s / sqrt(1 + eps) + b rather than caffe2's exact x * s + b; we do the same so that
+        # both engines compute the same features from the same .pkl (relative difference ~5e-6 per norm).
+        body[prefix + "running_var"] = torch.ones(channels)
     return body, dropped
 
 

@@ -1,0 +1,338 @@
+"""The two engines compute the same thing, stage by stage, on the same weights (needs detectron2).
+
+detectron2's GeneralizedRCNN and the torchvision engine are built from ``mask_rcnn_R50.yaml`` (CPU, test
+sizes reduced to keep the test fast); the torchvision engine gets detectron2's weights through the
+detector checkpoint converter (strict). Each stage is fed detectron2's result of the stage before, so
+a difference shows where it arises. Tolerances are the ones the engines promise in the README.
+"""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+detectron2 = pytest.importorskip("detectron2")
+pytest.importorskip("detectron2.modeling")
+
+from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog  # noqa: E402
+from detectron2.data.datasets import load_coco_json  # noqa: E402
+from detectron2.evaluation import COCOEvaluator  # noqa: E402
+from detectron2.modeling import build_model as d2_build_model  # noqa: E402
+from detectron2.modeling.postprocessing import detector_postprocess  # noqa: E402
+from detectron2.structures import Boxes, ImageList, Instances, PolygonMasks  # noqa: E402
+from detectron2.utils.events import EventStorage  # noqa: E402
+from torchvision.models.detection.image_list import ImageList as TvImageList  # noqa: E402
+
+import resnet_backbones  # noqa: E402,F401  (registers the builders)
+from resnet_backbones.config import load_config  # noqa: E402
+from resnet_backbones.data import COCOInstances  # noqa: E402
+from resnet_backbones.data.catalog import DatasetSpec  # noqa: E402
+from resnet_backbones.tv.evaluate import _to_coco, coco_evaluate  # noqa: E402
+from resnet_backbones.tv.model import build_model as tv_build_model  # noqa: E402
+from resnet_backbones.weights.detector import to_detectron2, to_torchvision  # noqa: E402
+
+from test_optimize import trained_looking_statistics_  # noqa: E402
+
+# Test sizes: short side 448 (max 768) instead of COCO's 800/1333 keeps R-50 fast on a CPU; the
+# images below still cover up- and down-scaling, the max-size cap, odd and even P6 grids.
+SIZES = ["INPUT.MIN_SIZE_TEST", "448", "INPUT.MAX_SIZE_TEST", "768", "INPUT.MIN_SIZE_TRAIN", "(448,)",
+         "INPUT.MAX_SIZE_TRAIN", "768"]
+# (height, width, kind): upscaled, downscaled, capped by the max size, grey, EXIF-rotated JPEG.
+IMAGES = [(300, 400, "rgb"), (1000, 700, "rgb"), (300, 700, "rgb"), (250, 330, "grey"), (200, 300, "exif")]
+NUM_RAISED = 5  # classes whose score bias is raised, so that random heads give dozens of detections
+
+
+def _image(h, w, seed):
+    """Flat-coloured rectangles and circles on a gradient: edges for the resize to get wrong."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    img = np.stack([(xx * 255 / w), (yy * 255 / h), ((xx + yy) * 127 / (h + w))], axis=2)
+    for _ in range(6):
+        x0, y0 = rng.integers(0, w - 20), rng.integers(0, h - 20)
+        x1, y1 = x0 + rng.integers(10, w // 2), y0 + rng.integers(10, h // 2)
+        img[y0:y1, x0:x1] = rng.integers(0, 256, 3)
+    return img.clip(0, 255).astype(np.uint8)
+
+
+def _polygons(h, w, seed):
+    rng = np.random.default_rng(seed + 100)
+    out = []
+    for _ in range(3):
+        cx, cy = rng.uniform(0.25, 0.75) * w, rng.uniform(0.25, 0.75) * h
+        r = rng.uniform(0.1, 0.2) * min(h, w)
+        angles = np.sort(rng.uniform(0, 2 * np.pi, 7))
+        pts = np.stack([cx + r * np.cos(angles), cy + r * np.sin(angles)], 1).reshape(-1)
+        out.append([pts.round(2).tolist()])
+    return out
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """A COCO-format dataset of the test images (80 COCO-like categories, polygons)."""
+    root = tmp_path_factory.mktemp("equiv")
+    images, anns = [], []
+    for i, (h, w, kind) in enumerate(IMAGES):
+        arr = _image(h, w, i)
+        name = f"{i}.{'jpg' if kind == 'exif' else 'png'}"
+        if kind == "grey":
+            Image.fromarray(arr).convert("L").save(root / name)
+        elif kind == "exif":
+            # Stored as w x h pixels with orientation 6 ("rotate 90 CW to display"): displayed h x w.
+            exif = Image.Exif()
+            exif[0x0112] = 6
+            Image.fromarray(np.ascontiguousarray(np.rot90(arr, 1))).save(root / name, exif=exif, quality=95)
+        else:
+            Image.fromarray(arr).save(root / name)
+        images.append({"id": i + 1, "file_name": name, "height": h, "width": w})
+        for k, poly in enumerate(_polygons(h, w, i)):
+            xs, ys = poly[0][0::2], poly[0][1::2]
+            box = [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]
+            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": [1, 3, 18][k], "bbox": box,
+                         "area": box[2] * box[3] * 0.7, "iscrowd": 0, "segmentation": poly})
+    cats = [{"id": c, "name": f"c{c}"} for c in range(1, 91) if c not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)]
+    assert len(cats) == 80
+    json_file = root / "instances.json"
+    json_file.write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
+    return DatasetSpec("equiv_test", str(json_file), str(root))
+
+
+@pytest.fixture(scope="module")
+def engines():
+    overrides = ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", *SIZES]
+    cfg = load_config("mask_rcnn_R50.yaml", overrides, use_detectron2=True)
+    torch.manual_seed(0)
+    d2 = d2_build_model(cfg).eval()
+    with torch.no_grad():
+        trained_looking_statistics_(d2.backbone)
+        bias = d2.roi_heads.box_predictor.cls_score.bias
+        bias[:NUM_RAISED] += 6.0
+        # An RPN head with spread-out logits, so that top-k and NMS have real decisions to make.
+        d2.proposal_generator.rpn_head.objectness_logits.weight.normal_(std=0.05)
+        d2.proposal_generator.rpn_head.anchor_deltas.weight.normal_(std=0.01)
+        d2.roi_heads.box_predictor.bbox_pred.weight.normal_(std=0.01)
+    tv = tv_build_model(cfg).eval()
+    state = to_torchvision(d2.state_dict()).state
+    tv.load_state_dict(state, strict=True)
+    return cfg, d2, tv
+
+
+def _d2_inputs(cfg, dataset, *, is_train=False):
+    dicts = load_coco_json(dataset.json_file, dataset.image_root, "equiv_test_d2")
+    mapper = DatasetMapper(cfg, is_train=False)
+    return [mapper(d) for d in dicts]
+
+
+def test_detector_checkpoint_roundtrip(engines):
+    _, d2, tv = engines
+    back = to_detectron2(tv.state_dict()).state
+    ref = d2.state_dict()
+    assert set(back) == set(ref)
+    for k in ref:
+        assert torch.equal(back[k], ref[k]), k
+
+
+def test_preprocessing_matches(engines, dataset):
+    cfg, d2, tv = engines
+    ours = COCOInstances(dataset, input_format=cfg.INPUT.FORMAT)
+    for (h, w, kind), inp, i in zip(IMAGES, _d2_inputs(cfg, dataset), range(len(IMAGES))):
+        image, _ = ours[i]
+        assert tuple(image.shape[-2:]) == (h, w) == (inp["height"], inp["width"]), kind
+        resized, _ = tv.transform.resize(image)
+        assert resized.shape == inp["image"].shape, kind
+        diff = (resized.int() - inp["image"].int()).abs().max().item()
+        assert diff <= 1, f"{kind}: resized pixels differ by {diff} grey levels"
+        # The normalised, padded batch the backbone sees.
+        batch = tv.transform([resized])[0]
+        d2_batch = d2.preprocess_image([inp])
+        assert tuple(batch.tensors.shape) == tuple(d2_batch.tensor.shape)
+        assert batch.image_sizes == [tuple(s) for s in d2_batch.image_sizes]
+
+
+@pytest.mark.parametrize("index", range(len(IMAGES)))
+def test_stages_match(engines, dataset, index):
+    cfg, d2, tv = engines
+    inp = _d2_inputs(cfg, dataset)[index]
+    with torch.no_grad():
+        images = d2.preprocess_image([inp])
+        features = d2.backbone(images.tensor)
+        tv_features = tv.backbone(images.tensor)
+        for k in features:
+            assert torch.allclose(features[k], tv_features[k], atol=1e-4, rtol=0), k
+        tv_images = TvImageList(images.tensor, [tuple(s) for s in images.image_sizes])
+
+        # anchors
+        rpn_in = [features[f] for f in cfg.MODEL.RPN.IN_FEATURES]
+        d2_anchors = d2.proposal_generator.anchor_generator(rpn_in)
+        tv_anchors = tv.rpn.anchor_generator.grid_anchors(rpn_in)
+        for a, b in zip(d2_anchors, tv_anchors):
+            assert a.tensor.shape == b.shape
+            assert (a.tensor - b).abs().max() <= 1e-4
+        odd_p6 = (images.tensor.shape[-1] // 32) % 2 == 1 or (images.tensor.shape[-2] // 32) % 2 == 1
+
+        # proposals
+        d2_props, _ = d2.proposal_generator(images, features, None)
+        tv_props, _ = tv.rpn(tv_images, features)
+        p, q = d2_props[0].proposal_boxes.tensor, tv_props[0]
+        assert p.shape == q.shape and len(p) > 100
+        assert (p - q).abs().max() <= 1e-3
+
+        # box head on detectron2's proposals
+        in_features = [features[f] for f in cfg.MODEL.ROI_HEADS.IN_FEATURES]
+        box_feats = d2.roi_heads.box_head(d2.roi_heads.box_pooler(in_features, [x.proposal_boxes for x in d2_props]))
+        d2_logits, d2_deltas = d2.roi_heads.box_predictor(box_feats)
+        tv_feats = tv.roi_heads.box_head(tv.roi_heads.box_roi_pool(features, [p], None))
+        tv_logits, tv_deltas = tv.roi_heads.box_predictor(tv_feats)
+        assert (torch.cat([tv_logits[:, 1:], tv_logits[:, :1]], 1) - d2_logits).abs().max() <= 1e-5
+        assert (tv_deltas[:, 4:] - d2_deltas).abs().max() <= 1e-5
+
+        # detections in original coordinates, mask logits and pasted masks
+        d2_inst, _ = d2.roi_heads(images, features, d2_props)
+        d2_final = detector_postprocess(d2_inst[0], inp["height"], inp["width"])
+        result, _ = tv.roi_heads(features, [p], tv_images.image_sizes)
+        tv_final = tv.transform.postprocess(result, tv_images.image_sizes, [(inp["height"], inp["width"])])[0]
+        n = len(d2_final)
+        assert n >= 20, f"only {n} detections: the test needs dozens"
+        assert len(tv_final["boxes"]) == n
+        assert (tv_final["boxes"] - d2_final.pred_boxes.tensor).abs().max() <= 1e-3
+        assert (tv_final["scores"] - d2_final.scores).abs().max() <= 1e-5
+        assert torch.equal(tv_final["labels"] - 1, d2_final.pred_classes)
+
+        boxes = d2_inst[0].pred_boxes
+        d2_mask_logits = d2.roi_heads.mask_head.layers(d2.roi_heads.mask_pooler(in_features, [boxes]))
+        tv_mask_logits = tv.roi_heads.mask_predictor(tv.roi_heads.mask_head(
+            tv.roi_heads.mask_roi_pool(features, [boxes.tensor], None)))
+        assert (tv_mask_logits[:, 1:] - d2_mask_logits).abs().max() <= 1e-5
+        a, b = tv_final["masks"][:, 0], d2_final.pred_masks
+        assert a.shape == b.shape and a.dtype == b.dtype == torch.bool
+        inter = (a & b).flatten(1).sum(1).float()
+        union = (a | b).flatten(1).sum(1).float()
+        iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+        assert iou.min() >= 0.99, f"pasted masks IoU {iou.min():.4f}"
+    print(f"image {IMAGES[index]}: {len(p)} proposals, {n} detections, odd P6 grid: {odd_p6}, "
+          f"mask IoU min {iou.min():.4f}")
+
+
+def test_full_inference_matches(engines, dataset):
+    """End to end from the image files: the only difference allowed in is the 1-grey-level resize."""
+    cfg, d2, tv = engines
+    ours = COCOInstances(dataset, input_format=cfg.INPUT.FORMAT)
+    inputs = _d2_inputs(cfg, dataset)
+    with torch.no_grad():
+        d2_out = d2(inputs)
+        tv_out = tv([ours[i][0] for i in range(len(IMAGES))])
+    for a, b in zip(d2_out, tv_out):
+        a = a["instances"]
+        assert abs(len(a) - len(b["boxes"])) <= max(2, len(a) // 10)
+        k = min(len(a), len(b["boxes"]), 10)
+        assert (a.pred_boxes.tensor[:k] - b["boxes"][:k]).abs().max() <= 1.0
+
+
+def test_evaluators_give_the_same_numbers(engines, dataset):
+    """detectron2's COCOEvaluator and ours, on the same detections: the same 12 bbox and 12 segm numbers."""
+    cfg, d2, _ = engines
+    name = "equiv_test_eval"
+    if name not in DatasetCatalog.list():
+        DatasetCatalog.register(name, lambda: load_coco_json(dataset.json_file, dataset.image_root, name))
+        MetadataCatalog.get(name).set(json_file=dataset.json_file, image_root=dataset.image_root, evaluator_type="coco")
+    load_coco_json(dataset.json_file, dataset.image_root, name)  # sets the category id mapping of `name`
+    ours = COCOInstances(dataset, input_format=cfg.INPUT.FORMAT)
+    evaluator = COCOEvaluator(name, output_dir=None)
+    evaluator.reset()
+    inputs = _d2_inputs(cfg, dataset)
+    results = []
+    rng = np.random.default_rng(0)
+    for i, inp in enumerate(inputs):
+        _, target = ours[i]
+        # Detections: the ground truth, jittered, with masks that are the jittered boxes (mask area
+        # differs from box area, so segm small/medium/large must use the mask's), plus false positives.
+        gt = target["boxes"]
+        boxes = torch.cat([gt + torch.from_numpy(rng.normal(0, 4, gt.shape)).float(),
+                           torch.tensor([[5.0, 5.0, 60.0, 40.0], [20.0, 30.0, 29.0, 38.0]])])
+        boxes[:, 2:] = torch.maximum(boxes[:, 2:], boxes[:, :2] + 2)
+        h, w = inp["height"], inp["width"]
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
+        labels = torch.cat([target["labels"], torch.tensor([1, 2])])
+        scores = torch.from_numpy(rng.uniform(0.3, 1.0, len(boxes))).float()
+        masks = torch.zeros((len(boxes), h, w), dtype=torch.bool)
+        for k, b in enumerate(boxes.round().int().tolist()):
+            masks[k, b[1]:b[3], b[0]:(b[0] + b[2]) // 2 + 1] = True
+        inst = Instances((h, w), pred_boxes=Boxes(boxes), scores=scores, pred_classes=labels - 1, pred_masks=masks)
+        evaluator.process([inp], [{"instances": inst}])
+        results.extend(_to_coco({"boxes": boxes, "scores": scores, "labels": labels, "masks": masks[:, None]},
+                                inp["image_id"], ours.category_ids))
+    theirs = evaluator.evaluate()
+    mine = coco_evaluate(ours, results, ["bbox", "segm"])
+    for task in ("bbox", "segm"):
+        for metric in ("AP", "AP50", "AP75", "APs", "APm", "APl"):
+            a, b = theirs[task][metric], mine[task][metric]
+            assert (np.isnan(a) and np.isnan(b)) or abs(a - b) < 1e-9, (task, metric, a, b)
+    # AR is not printed by detectron2's table; pycocotools' 12 numbers equal too when the APs do,
+    # since both evaluate the same results with the same COCOeval parameters.
+
+
+def _training_targets(cfg, dataset, inputs):
+    """Ground truth in the resized images' coordinates, for both engines."""
+    ours = COCOInstances(dataset, input_format=cfg.INPUT.FORMAT, with_masks=True, mask_format="polygon")
+    d2_batch, tv_images, tv_targets = [], [], []
+    for i, inp in enumerate(inputs):
+        _, t = ours[i]
+        h, w = inp["height"], inp["width"]
+        nh, nw = inp["image"].shape[-2:]
+        sx, sy = nw / w, nh / h
+        boxes = t["boxes"] * torch.tensor([sx, sy, sx, sy])
+        polys = [[np.asarray(p, dtype=np.float64) * np.tile([sx, sy], len(p) // 2) for p in inst] for inst in t["polygons"]]
+        inst = Instances((nh, nw), gt_boxes=Boxes(boxes), gt_classes=t["labels"] - 1, gt_masks=PolygonMasks(polys))
+        d2_batch.append({"image": inp["image"], "instances": inst, "height": nh, "width": nw})
+        tv_images.append(inp["image"])
+        tv_targets.append({"boxes": boxes, "labels": t["labels"], "polygons": polys})
+    return d2_batch, tv_images, tv_targets
+
+
+def test_training_step_matches(engines, dataset):
+    """Losses within 1e-5 relative and gradients within 1e-4 (of each tensor's largest), with sampling
+    made deterministic: every anchor and every proposal is sampled."""
+    cfg, d2_eval, _ = engines
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.MODEL.RPN.BATCH_SIZE_PER_IMAGE = 1_000_000
+    cfg.MODEL.RPN.POSITIVE_FRACTION = 1.0
+    cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 100_000
+    cfg.MODEL.ROI_HEADS.POSITIVE_FRACTION = 1.0
+    cfg.freeze()
+    d2 = d2_build_model(cfg)
+    d2.load_state_dict(d2_eval.state_dict())
+    tv = tv_build_model(cfg)
+    tv.load_state_dict(to_torchvision(d2.state_dict()).state, strict=True)
+    d2.train()
+    tv.train()
+    inputs = _d2_inputs(cfg, dataset)[:3]
+    d2_batch, tv_images, tv_targets = _training_targets(cfg, dataset, inputs)
+    with EventStorage():
+        d2_losses = d2(d2_batch)
+    tv_losses = tv(tv_images, tv_targets)
+    assert set(d2_losses) == set(tv_losses)
+    for k in d2_losses:
+        a, b = d2_losses[k].item(), tv_losses[k].item()
+        assert abs(a - b) <= 1e-5 * max(abs(a), 1e-3), (k, a, b)
+    sum(d2_losses.values()).backward()
+    sum(tv_losses.values()).backward()
+    d2_grads = {k: p.grad for k, p in d2.named_parameters() if p.grad is not None}
+    tv_grads = dict(tv.named_parameters())
+    mapped = to_torchvision(d2_grads).state
+    checked = 0
+    for k, ref in mapped.items():
+        assert tv_grads[k].grad is not None, k
+        got = tv_grads[k].grad
+        if k.startswith("roi_heads.box_predictor.bbox_pred"):
+            ref, got = ref[4:], got[4:]  # the background rows: zero in both, detectron2 has none
+        if k.startswith("roi_heads.mask_predictor.mask_fcn_logits"):
+            ref, got = ref[1:], got[1:]
+        scale = ref.abs().max().clamp(min=1e-12)
+        assert ((ref - got).abs().max() / scale) <= 1e-4, k
+        checked += 1
+    assert checked == sum(p.requires_grad for p in tv.parameters())
+    print("losses (detectron2 | torchvision engine):",
+          {k: (round(d2_losses[k].item(), 6), round(tv_losses[k].item(), 6)) for k in d2_losses})
