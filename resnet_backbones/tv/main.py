@@ -10,7 +10,8 @@ import torch
 from ..data import get_dataset
 
 from .distributed import get_local_rank, is_main_process, synchronize
-from .model import build_model, load_model_weights, resolve_device
+from ..weights.resolve import load_model_weights
+from .model import build_model, resolve_device
 from .train import Trainer, evaluate, last_checkpoint, setup_logging
 
 __all__ = ["ResultsVerificationError", "main", "verify_results"]

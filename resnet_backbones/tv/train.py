@@ -17,7 +17,8 @@ from ..data import COCOInstances, TrainingBatchSampler, collate, get_dataset
 from ..solver import amp_dtype, build_lr_scheduler, build_optimizer, clip_gradients_
 from .distributed import get_local_rank, get_rank, get_world_size, is_main_process, synchronize
 from .evaluate import coco_evaluate, format_table, inference_on_dataset, save_results
-from .model import build_model, load_model_weights, resolve_device
+from ..weights.resolve import load_model_weights
+from .model import build_model, resolve_device
 
 __all__ = ["Trainer", "evaluate", "last_checkpoint", "setup_logging"]
 
@@ -120,7 +121,7 @@ class Trainer:
         if len(names) != 1:
             raise ValueError(f"DATASETS.TRAIN={names}: this engine trains on exactly one dataset")
         self.dataset = COCOInstances(get_dataset(names[0], cfg), input_format=cfg.INPUT.FORMAT,
-                                     with_masks=cfg.MODEL.MASK_ON,
+                                     with_masks=cfg.MODEL.MASK_ON, mask_format=cfg.INPUT.MASK_FORMAT,
                                      filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
         if self.dataset.num_classes != cfg.MODEL.ROI_HEADS.NUM_CLASSES:
             raise ValueError(f"MODEL.ROI_HEADS.NUM_CLASSES={cfg.MODEL.ROI_HEADS.NUM_CLASSES} but {names[0]} has "
@@ -189,7 +190,8 @@ class Trainer:
         # Every random draw of this iteration (resize scale, RPN/ROI sampling) from (seed, iteration, rank).
         torch.manual_seed((self.seed * 1_000_003 + iteration) * 1009 + get_rank())
         images = [im.to(self.device, non_blocking=True) for im in images]
-        targets = [{k: v.to(self.device, non_blocking=True) for k, v in t.items()} for t in targets]
+        targets = [{k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in t.items()}
+                   for t in targets]  # polygons stay on the CPU, as detectron2's PolygonMasks
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             loss_dict = self.model(images, targets)
         losses = sum(loss_dict.values())
