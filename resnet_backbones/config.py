@@ -276,23 +276,7 @@ def load_config(name: str, overrides: Sequence[str] = (), *, use_detectron2: Opt
 
 
 def check_cfg_conventions(cfg, conventions) -> None:
-    """Refuse a config whose input conventions disagree with its weights' (a ``Conventions`` or None),
-    naming the keys and values to set. Used by both engines before loading MODEL.WEIGHTS."""
-    c = conventions
-    if c is None:
-        return
-    problems = []
-    if cfg.INPUT.FORMAT != c.input_format:
-        problems.append(f"INPUT.FORMAT {c.input_format}")
-    if any(abs(a - b) > 1e-3 for a, b in zip(cfg.MODEL.PIXEL_MEAN, c.pixel_mean)):
-        problems.append(f"MODEL.PIXEL_MEAN {list(c.pixel_mean)}")
-    if any(abs(a - b) > 1e-3 for a, b in zip(cfg.MODEL.PIXEL_STD, c.pixel_std)):
-        problems.append(f"MODEL.PIXEL_STD {list(c.pixel_std)}")
-    if (c.stride_in_1x1 is not None and cfg.MODEL.RESNETS.DEPTH >= 50
-            and cfg.MODEL.RESNETS.STRIDE_IN_1X1 != c.stride_in_1x1):
-        problems.append(f"MODEL.RESNETS.STRIDE_IN_1X1 {c.stride_in_1x1}")
-    if problems:
-        raise ConfigError(
-            f"MODEL.WEIGHTS={cfg.MODEL.WEIGHTS} was trained with {c.name or 'other'} input conventions; "
-            "set " + ", ".join(problems)
-        )
+    """See :func:`resnet_backbones.weights.conventions.check_cfg_conventions` (kept here for existing imports)."""
+    from .weights.conventions import check_cfg_conventions as check
+
+    check(cfg, conventions)

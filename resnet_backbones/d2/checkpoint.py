@@ -3,8 +3,7 @@ import logging
 
 from detectron2.checkpoint import DetectionCheckpointer
 
-from ..config import check_cfg_conventions
-from ..weights.catalog import known_conventions
+from ..weights.conventions import check_cfg_conventions, known_conventions
 from ..weights.resolve import resolve_model_weights
 
 __all__ = ["ResnetBackbonesCheckpointer"]

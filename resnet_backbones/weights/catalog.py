@@ -12,15 +12,10 @@ A source is a local path or one of:
 The cache folder is ``$RESNET_BACKBONES_CACHE``, else ``~/.cache/resnet_backbones``.
 """
 import os
-from typing import Any, Optional, Tuple
+from typing import Any, Tuple
 
-from .formats import (
-    FAIR_RESNEXT_CONVENTIONS,
-    MSRA_CONVENTIONS,
-    TORCHVISION_CONVENTIONS,
-    Conventions,
-    WeightsError,
-)
+from .conventions import known_conventions  # noqa: F401  (re-exported)
+from .formats import WeightsError
 
 __all__ = ["DETECTRON2_PREFIX", "cache_dir", "fetch_source", "is_named_source", "known_conventions"]
 
@@ -34,17 +29,6 @@ def cache_dir() -> str:
 
 def is_named_source(source: str) -> bool:
     return source.startswith(_SCHEMES)
-
-
-def known_conventions(source: str) -> Optional[Conventions]:
-    """The conventions a named ImageNet source implies, known without fetching it (None if unknown)."""
-    if source.startswith(("torchvision://", "timm://")):
-        return TORCHVISION_CONVENTIONS
-    if source.startswith("detectron2://ImageNetPretrained/MSRA/"):
-        return MSRA_CONVENTIONS
-    if source.startswith("detectron2://ImageNetPretrained/FAIR/X-"):
-        return FAIR_RESNEXT_CONVENTIONS
-    return None
 
 
 def _download(url: str) -> str:

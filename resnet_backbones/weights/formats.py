@@ -16,11 +16,19 @@ import io
 import os
 import pickle
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
+
+from .conventions import (  # noqa: F401  (re-exported)
+    FAIR_RESNEXT_CONVENTIONS,
+    MSRA_CONVENTIONS,
+    TORCHVISION_CONVENTIONS,
+    Conventions,
+    WeightsError,
+)
 
 __all__ = [
     "Conventions",
@@ -37,48 +45,6 @@ __all__ = [
 ]
 
 FORMATS = ("auto", "torchvision", "timm", "caffe2", "detectron2")
-
-
-class WeightsError(ValueError):
-    """A weight file that cannot be read, or that does not fit the model it is loaded into."""
-
-
-@dataclass(frozen=True)
-class Conventions:
-    """Input conventions implied by a weight source (design.md, "Weight sources").
-
-    stride_in_1x1: where bottleneck blocks put their stride (None: the source does not say).
-    input_format: "RGB" or "BGR" channel order of the 0-255 input.
-    pixel_mean, pixel_std: per channel, in ``input_format`` order.
-    """
-
-    stride_in_1x1: Optional[bool]
-    input_format: str
-    pixel_mean: Tuple[float, float, float]
-    pixel_std: Tuple[float, float, float]
-    name: str = ""
-
-    def as_dict(self) -> Dict[str, Any]:
-        d = asdict(self)
-        d["pixel_mean"], d["pixel_std"] = list(self.pixel_mean), list(self.pixel_std)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Conventions":
-        return cls(
-            stride_in_1x1=d["stride_in_1x1"],
-            input_format=str(d["input_format"]),
-            pixel_mean=tuple(float(v) for v in d["pixel_mean"]),
-            pixel_std=tuple(float(v) for v in d["pixel_std"]),
-            name=str(d.get("name", "")),
-        )
-
-
-TORCHVISION_CONVENTIONS = Conventions(False, "RGB", (123.675, 116.28, 103.53), (58.395, 57.12, 57.375), "torchvision")
-MSRA_CONVENTIONS = Conventions(True, "BGR", (103.53, 116.28, 123.675), (1.0, 1.0, 1.0), "MSRA caffe2")
-# FAIR's caffe2 ResNeXt ImageNet models (e.g. detectron2's X-101-32x8d.pkl): stride in the 3x3,
-# BGR input scaled by the ImageNet std (detectron2's X_101_32x8d_FPN configs).
-FAIR_RESNEXT_CONVENTIONS = Conventions(False, "BGR", (103.53, 116.28, 123.675), (57.375, 57.12, 58.395), "FAIR caffe2 ResNeXt")
 
 
 @dataclass

@@ -9,7 +9,8 @@ from torch import nn
 from ..modeling.fpn import FPN
 from ..modeling.resnet import ResNet
 from .catalog import fetch_source
-from .formats import Conventions, Weights, WeightsError, load_file, parse_weights
+from .conventions import Conventions, check_stride_convention
+from .formats import Weights, WeightsError, load_file, parse_weights
 
 __all__ = ["LoadReport", "read_weights", "load_backbone_weights", "match_body_state", "check_stride_convention"]
 
@@ -24,23 +25,6 @@ def read_weights(source: Union[str, Dict[str, Any]], *, format: str = "auto") ->
     if isinstance(obj, str):
         obj = load_file(obj)
     return parse_weights(obj, format=hint if format == "auto" else format, source=source)
-
-
-def check_stride_convention(conventions: Optional[Conventions], stride_in_1x1: Optional[bool], source: str = "") -> None:
-    """Refuse weights trained with the stride in the other conv of the bottleneck.
-
-    The stride position is architecture, not a setting the loader can change after the body is built,
-    so a mismatch is an error naming the fix instead of a silent drop of several AP points.
-    """
-    if conventions is None or conventions.stride_in_1x1 is None or stride_in_1x1 is None:
-        return
-    if conventions.stride_in_1x1 != stride_in_1x1:
-        want = conventions.stride_in_1x1
-        raise WeightsError(
-            f"{source or 'these weights'} ({conventions.name or 'source'} conventions) put the bottleneck stride in "
-            f"the {'1x1' if want else '3x3'} conv: build the body with stride_in_1x1={want} "
-            f"(MODEL.RESNETS.STRIDE_IN_1X1={want})"
-        )
 
 
 @dataclass

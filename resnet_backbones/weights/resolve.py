@@ -13,8 +13,9 @@ from typing import Any, Dict, List, Optional
 import torch
 from torch import nn
 
-from ..config import check_cfg_conventions
-from .catalog import fetch_source, known_conventions
+from .conventions import check_cfg_conventions
+from .catalog import fetch_source
+from .conventions import known_conventions
 from .detector import detector_layout, num_classes_of, to_detectron2, to_torchvision
 from .formats import WeightsError, load_file, parse_weights
 from .loader import match_body_state
