@@ -21,7 +21,7 @@ from detectron2.data.datasets import load_coco_json  # noqa: E402
 from detectron2.evaluation import COCOEvaluator  # noqa: E402
 from detectron2.modeling import build_model as d2_build_model  # noqa: E402
 from detectron2.modeling.postprocessing import detector_postprocess  # noqa: E402
-from detectron2.structures import Boxes, ImageList, Instances, PolygonMasks  # noqa: E402
+from detectron2.structures import Boxes, Instances, PolygonMasks  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 from torchvision.models.detection.image_list import ImageList as TvImageList  # noqa: E402
 
@@ -336,3 +336,84 @@ def test_training_step_matches(engines, dataset):
     assert checked == sum(p.requires_grad for p in tv.parameters())
     print("losses (detectron2 | torchvision engine):",
           {k: (round(d2_losses[k].item(), 6), round(tv_losses[k].item(), 6)) for k in d2_losses})
+
+
+# --- detector checkpoints between the engines ----------------------------------------------------------
+
+def _cfg_with_weights(cfg, path, **changes):
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.MODEL.WEIGHTS = str(path)
+    for k, v in changes.items():
+        node = cfg
+        *parents, leaf = k.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = v
+    cfg.freeze()
+    return cfg
+
+
+def test_model_zoo_pkl_loads_on_the_torchvision_engine(engines, tmp_path):
+    """A detectron2 model-zoo .pkl (numpy arrays, old buffers included) through the restricted unpickler."""
+    import pickle
+
+    from resnet_backbones.weights.resolve import load_model_weights
+
+    cfg, d2, _ = engines
+    blobs = {k: v.numpy() for k, v in d2.state_dict().items()}
+    blobs["pixel_mean"] = np.array(cfg.MODEL.PIXEL_MEAN, np.float32).reshape(3, 1, 1)
+    blobs["pixel_std"] = np.array(cfg.MODEL.PIXEL_STD, np.float32).reshape(3, 1, 1)
+    path = tmp_path / "model_final_abc.pkl"
+    path.write_bytes(pickle.dumps({"model": blobs, "__author__": "Detectron2 Model Zoo"}))
+    tv = tv_build_model(cfg)
+    assert load_model_weights(tv, _cfg_with_weights(cfg, path)) == "detector"
+    expected = to_torchvision(d2.state_dict()).state
+    for k, v in tv.state_dict().items():
+        assert torch.equal(v, expected[k]), k
+
+
+def test_torchvision_engine_checkpoint_loads_on_the_detectron2_engine(engines, tmp_path):
+    from resnet_backbones.d2.checkpoint import ResnetBackbonesCheckpointer
+
+    cfg, d2, tv = engines
+    path = tmp_path / "model_final.pth"
+    torch.save({"model": tv.state_dict(), "iteration": 7}, path)  # the torchvision engine's checkpoint form
+    fresh = d2_build_model(cfg)
+    ResnetBackbonesCheckpointer(fresh, cfg=_cfg_with_weights(cfg, path)).load(str(path))
+    for k, v in d2.state_dict().items():
+        assert torch.equal(fresh.state_dict()[k], v), k
+
+
+def test_a_detector_of_another_class_count_is_refused_on_both_engines(engines, tmp_path):
+    from resnet_backbones.d2.checkpoint import ResnetBackbonesCheckpointer
+    from resnet_backbones.weights import WeightsError
+    from resnet_backbones.weights.resolve import load_model_weights
+
+    cfg, d2, _ = engines
+    path = tmp_path / "d2.pth"
+    torch.save({"model": d2.state_dict()}, path)
+    small = _cfg_with_weights(cfg, path, **{"MODEL.ROI_HEADS.NUM_CLASSES": 3})
+    with pytest.raises(WeightsError, match="80 classes but MODEL.ROI_HEADS.NUM_CLASSES=3"):
+        load_model_weights(tv_build_model(small), small)
+    with pytest.raises(WeightsError, match="80 classes but MODEL.ROI_HEADS.NUM_CLASSES=3"):
+        ResnetBackbonesCheckpointer(d2_build_model(small), cfg=small).load(str(path))
+
+
+def test_convert_weights_tool_writes_either_layout(engines, tmp_path):
+    import importlib.util
+
+    cfg, d2, tv = engines
+    spec = importlib.util.spec_from_file_location("convert_weights", os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "convert_weights.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    src = tmp_path / "d2.pth"
+    torch.save({"model": d2.state_dict()}, src)
+    assert tool.main([str(src), str(tmp_path / "x.pth")]) == 2  # a detector needs --to
+    assert tool.main([str(src), str(tmp_path / "tv.pth"), "--to", "torchvision"]) == 0
+    assert tool.main([str(tmp_path / "tv.pth"), str(tmp_path / "back.pth"), "--to", "detectron2"]) == 0
+    tv_state = torch.load(tmp_path / "tv.pth", weights_only=True)["model"]
+    back = torch.load(tmp_path / "back.pth", weights_only=True)["model"]
+    assert all(torch.equal(tv_state[k], v) for k, v in tv.state_dict().items())
+    assert all(torch.equal(back[k], v) for k, v in d2.state_dict().items())
