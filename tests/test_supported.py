@@ -3,7 +3,7 @@ import torch
 import torchvision
 
 from resnet_backbones.config import CfgNode, load_config
-from resnet_backbones.data import register_coco_instances
+from resnet_backbones.data import get_dataset, register_coco_instances
 from resnet_backbones.data.synthetic import generate_split
 from resnet_backbones.tv.main import main as tv_main
 from resnet_backbones.tv.supported import FIXED, NOT_READ
@@ -62,11 +62,14 @@ def test_every_key_is_read_or_refused(tmp_path, monkeypatch):
         ("quick_schedules/faster_rcnn_R18_synthetic.yaml", ["TEST.EVAL_PERIOD", "1"]),
         ("quick_schedules/mask_rcnn_R18_synthetic.yaml",
          ["SOLVER.CLIP_GRADIENTS.CLIP_TYPE", "norm", "MODEL.WEIGHTS", str(weights), "SOLVER.WARMUP_METHOD", "constant",
-          "TEST.EXPECTED_RESULTS", "[['bbox', 'AP', 0.0, 100.0]]"]),
+          "TEST.EXPECTED_RESULTS", "[['bbox', 'AP', 0.0, 100.0]]", "SOLVER.LR_SCHEDULER_NAME", "WarmupCosineLR"]),
+        ("quick_schedules/faster_rcnn_R18_synthetic.yaml", ["SOLVER.LR_SCHEDULER_NAME", "WarmupStepWithFixedGammaLR"]),
     ]
     for i, (name, extra) in enumerate(variants):
         cfg = load_config(name, common + extra + ["OUTPUT_DIR", str(tmp_path / f"out{i}")], use_detectron2=False)
         tv_main(_tracking(cfg, log), name, eval_only=False, resume=False)
+    # The embedded dataset's location (the runs above use registered files instead).
+    get_dataset("synthetic_shapes_val", _tracking(load_config(variants[0][0], use_detectron2=False), log))
     keys = set(_leaves(load_config(variants[0][0], use_detectron2=False)))
     unaccounted = sorted(k for k in keys if k not in log and k not in FIXED and k not in NOT_READ)
     assert not unaccounted, f"keys neither read nor refused by the torchvision engine: {unaccounted}"
