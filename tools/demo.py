@@ -75,7 +75,7 @@ def main(argv=None) -> int:
         if cfg.INPUT.FORMAT == "BGR":
             tensor = tensor.flip(0)
         with torch.no_grad():
-            out = {k: v.cpu() for k, v in model([tensor.to(device)])[0].items()}
+            out = {k: v.cpu() for k, v in model([tensor])[0].items()}
         dest = os.path.join(args.output, os.path.splitext(os.path.basename(path))[0] + ".png")
         draw(rgb, out, names, args.confidence_threshold).save(dest)
         print(f"{path}: {int((out['scores'] >= args.confidence_threshold).sum())} detections -> {dest}")

@@ -57,15 +57,26 @@ class COCOInstances(torch.utils.data.Dataset):
             self.image_ids.append(img_id)
 
     @staticmethod
-    def _usable(ann) -> bool:
-        return not ann.get("iscrowd", 0)
+    def _valid_polygons(seg) -> List[list]:
+        """detectron2's ``load_coco_json`` keeps polygons of >= 3 points with an even coordinate count."""
+        return [p for p in seg if len(p) % 2 == 0 and len(p) >= 6]
+
+    @classmethod
+    def _usable(cls, ann) -> bool:
+        # Crowd regions are dropped by detectron2's DatasetMapper; an instance whose segmentation is a
+        # non-empty list without one valid polygon is dropped by its load_coco_json.
+        if ann.get("iscrowd", 0):
+            return False
+        seg = ann.get("segmentation")
+        return not (isinstance(seg, list) and seg and not cls._valid_polygons(seg))
 
     @property
     def num_classes(self) -> int:
         return len(self.category_ids)
 
     def aspect_ratio_is_wide(self) -> List[bool]:
-        return [self.coco.imgs[i]["width"] >= self.coco.imgs[i]["height"] for i in self.image_ids]
+        # detectron2's AspectRatioGroupedDataset: wide means w > h (square images go with the tall ones)
+        return [self.coco.imgs[i]["width"] > self.coco.imgs[i]["height"] for i in self.image_ids]
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -91,20 +102,19 @@ class COCOInstances(torch.utils.data.Dataset):
         return array
 
     def _polygons(self, ann) -> List[np.ndarray]:
-        seg = ann["segmentation"]
+        seg = ann.get("segmentation") or []
         if not isinstance(seg, list):
             raise DatasetError(
                 f"annotation {ann.get('id')} of {self.spec.json_file} is RLE, not polygons: set INPUT.MASK_FORMAT "
                 "bitmask (detectron2 refuses RLE with mask_format polygon too)")
-        polys = [np.asarray(p, dtype=np.float64) for p in seg if len(p) % 2 == 0 and len(p) >= 6]
-        if len(polys) != len(seg):
-            raise DatasetError(f"annotation {ann.get('id')} of {self.spec.json_file} has a polygon with fewer "
-                               "than 3 points or an odd number of coordinates")
-        return polys
+        return [np.asarray(p, dtype=np.float64) for p in self._valid_polygons(seg)]
 
     def _mask(self, ann, height: int, width: int) -> np.ndarray:
-        seg = ann["segmentation"]
+        seg = ann.get("segmentation") or []
         if isinstance(seg, list):  # polygons
+            seg = self._valid_polygons(seg)
+            if not seg:
+                return np.zeros((height, width), np.uint8)
             rles = mask_util.frPyObjects(seg, height, width)
             rle = mask_util.merge(rles)
         elif isinstance(seg.get("counts"), list):  # uncompressed RLE
@@ -131,6 +141,10 @@ class COCOInstances(torch.utils.data.Dataset):
         if self.with_masks and self.mask_format == "bitmask":
             masks = np.stack([self._mask(a, height, width) for a in anns]) if anns else np.zeros((0, height, width), np.uint8)
             target["masks"] = torch.from_numpy(masks)
+            # detectron2 rasterises polygon annotations at the resized size: keep them for the transform
+            # (None for RLE annotations, which are resized as bitmasks).
+            target["mask_polygons"] = [self._polygons(a) if isinstance(a.get("segmentation"), list) else None
+                                       for a in anns]
         elif self.with_masks:
             target["polygons"] = [self._polygons(a) for a in anns]
         tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
@@ -141,8 +155,10 @@ class COCOInstances(torch.utils.data.Dataset):
             target["boxes"] = torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1)
             if "masks" in target:
                 target["masks"] = target["masks"].flip(-1)
-            if "polygons" in target:
-                target["polygons"] = [[_flip_x(p, width) for p in inst] for inst in target["polygons"]]
+            for key in ("polygons", "mask_polygons"):
+                if key in target:
+                    target[key] = [None if inst is None else [_flip_x(p, width) for p in inst]
+                                   for inst in target[key]]
         return tensor.contiguous(), target
 
 

@@ -58,7 +58,7 @@ def inference_on_dataset(model, dataset: COCOInstances, device: torch.device, *,
     start = time.perf_counter()
     total = len(loader)
     for i, (images, targets) in enumerate(loader):
-        outputs = model([im.to(device) for im in images])
+        outputs = model(list(images))  # the transform resizes on the CPU and moves them to the device
         for out, target in zip(outputs, targets):
             results.extend(_to_coco(out, int(target["image_id"]), dataset.category_ids))
         if is_main_process() and ((i + 1) % log_period == 0 or i + 1 == total):

@@ -8,9 +8,8 @@ from typing import Mapping
 import torch
 
 from ..data import get_dataset
-
-from .distributed import get_local_rank, is_main_process, synchronize
 from ..weights.resolve import load_model_weights
+from .distributed import get_local_rank, is_main_process, synchronize
 from .model import build_model, resolve_device
 from .train import Trainer, evaluate, last_checkpoint, setup_logging
 

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from fvcore.nn import weight_init
+from PIL import Image
 from pycocotools import mask as mask_util
 from torch import nn
 from torchvision.models.detection import _utils as det_utils
@@ -372,7 +373,9 @@ class Detectron2ROIHeads(RoIHeads):
             keep_mask = scores > self.score_thresh
             inds = keep_mask.nonzero()
             boxes, scores = boxes[keep_mask], scores[keep_mask]
-            keep = batched_nms(boxes, scores, inds[:, 1], self.nms_thresh)[:self.detections_per_img]
+            keep = batched_nms(boxes, scores, inds[:, 1], self.nms_thresh)
+            if self.detections_per_img >= 0:  # -1: keep all, as detectron2
+                keep = keep[:self.detections_per_img]
             out_boxes.append(boxes[keep])
             out_scores.append(scores[keep])
             out_labels.append(inds[keep, 1] + 1)
@@ -467,6 +470,31 @@ def resize_like_detectron2(image: torch.Tensor, size: Tuple[int, int]) -> torch.
     return out.round().clamp(0, 255).to(torch.uint8)
 
 
+def _resize_bitmasks(masks: torch.Tensor, size: Tuple[int, int], polygons: Optional[List], sx: float,
+                     sy: float) -> torch.Tensor:
+    """(K, H, W) uint8 masks at ``size``: each resized with PIL's nearest filter (detectron2's
+    ``ResizeTransform.apply_segmentation``), except those of polygon annotations (``polygons[k]`` not
+    None), which detectron2 rasterises from the scaled polygons (``polygons_to_bitmask``)."""
+    h, w = size
+    out = []
+    for k, m in enumerate(masks.cpu().numpy()):
+        polys = polygons[k] if polygons is not None else None
+        if polys is not None:
+            scaled = []
+            for p in polys:
+                q = np.array(p, dtype=np.float64)
+                q[0::2] *= sx
+                q[1::2] *= sy
+                scaled.append(q)
+            out.append(mask_util.decode(mask_util.merge(mask_util.frPyObjects(scaled, h, w))) if scaled
+                       else np.zeros((h, w), np.uint8))
+        else:
+            out.append(np.asarray(Image.fromarray(m).resize((w, h), Image.NEAREST)))
+    if not out:
+        return torch.zeros((0, h, w), dtype=torch.uint8, device=masks.device)
+    return torch.from_numpy(np.stack(out).astype(np.uint8)).to(masks.device)
+
+
 def paste_masks_like_detectron2(masks: torch.Tensor, boxes: torch.Tensor, image_shape: Tuple[int, int],
                                 threshold: float = 0.5) -> torch.Tensor:
     """detectron2's ``paste_masks_in_image`` (layers/mask_ops.py): each (M, M) mask probability map is
@@ -519,9 +547,11 @@ class Detectron2Transform(GeneralizedRCNNTransform):
       or uniformly in [min, max] with "range") capped by MAX_SIZE_TRAIN in training, MIN_SIZE_TEST /
       MAX_SIZE_TEST in eval; then ``(x - PIXEL_MEAN) / PIXEL_STD`` and zero padding to the backbone's
       size divisibility (``GeneralizedRCNN.preprocess_image``);
-    - targets: boxes scaled, bitmasks resized with PIL's nearest rule ("nearest-exact"), polygons
-      scaled (``transform_instance_annotations``), then empty instances removed
-      (``filter_empty_instances``: box side <= 1e-5 or an empty bitmask);
+    - targets: boxes scaled, bitmasks of RLE annotations resized with PIL's nearest filter and those of
+      polygon annotations rasterised at the new size (``transform_instance_annotations`` +
+      ``annotations_to_instances``), polygons scaled, then empty instances removed
+      (``filter_empty_instances``: box side <= 1e-5, an empty bitmask or no polygon);
+    - the resize runs on the CPU, as in detectron2's data loader; the result moves to the model's device;
     - outputs as ``detector_postprocess``: boxes scaled to the original image, clipped, empty boxes
       removed, masks pasted with :func:`paste_masks_like_detectron2` (bool masks, ``>= 0.5``).
 
@@ -537,6 +567,7 @@ class Detectron2Transform(GeneralizedRCNNTransform):
         self.sampling = sampling
         self.max_size_train, self.min_size_test, self.max_size_test = max_size_train, min_size_test, max_size_test
         self.mask_threshold = mask_threshold
+        self.register_buffer("_device", torch.empty(0), persistent=False)  # follows model.to(device)
 
     def _short_side(self) -> int:
         if not self.training:
@@ -563,11 +594,9 @@ class Detectron2Transform(GeneralizedRCNNTransform):
             target["boxes"] = boxes
             keep = ((boxes[:, 2] - boxes[:, 0]) > 1e-5) & ((boxes[:, 3] - boxes[:, 1]) > 1e-5)
             if "masks" in target:
-                masks = target["masks"][:, None].float()
-                if len(masks):
-                    masks = F.interpolate(masks, size=(new_h, new_w), mode="nearest-exact")
-                target["masks"] = masks[:, 0].to(torch.uint8)
-                if len(masks):
+                target["masks"] = _resize_bitmasks(target["masks"], (new_h, new_w), target.pop("mask_polygons", None),
+                                                   sx, sy)
+                if len(target["masks"]):
                     keep &= target["masks"].flatten(1).amax(dim=1) > 0
             if "polygons" in target:
                 scaled = []
@@ -580,6 +609,7 @@ class Detectron2Transform(GeneralizedRCNNTransform):
                         polys.append(q)
                     scaled.append(polys)
                 target["polygons"] = scaled
+                keep &= torch.tensor([len(inst) > 0 for inst in scaled], dtype=torch.bool, device=keep.device)
             if not bool(keep.all()):
                 idx = torch.where(keep)[0]
                 for k in ("boxes", "labels", "masks"):
@@ -596,7 +626,7 @@ class Detectron2Transform(GeneralizedRCNNTransform):
             if image.dim() != 3:
                 raise ValueError(f"images are expected to be (C, H, W) tensors, got {tuple(image.shape)}")
             image, t = self.resize(image, targets[i] if targets is not None else None)
-            images[i] = self.normalize(image.float())
+            images[i] = self.normalize(image.to(self._device.device, non_blocking=True).float())
             if targets is not None:
                 targets[i] = t
         image_sizes = [tuple(img.shape[-2:]) for img in images]

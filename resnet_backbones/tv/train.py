@@ -138,7 +138,9 @@ class Trainer:
         self._resume_or_load(resume)
         if world > 1:
             self.model = nn.parallel.DistributedDataParallel(
-                model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                # device_ids=None: DDP leaves the (CPU) images where they are; the model's transform
+                # resizes them on the CPU as detectron2's data loader does, then moves them.
+                model, device_ids=None)
         self._stop_signal: Optional[int] = None
 
     # -- checkpoints ---------------------------------------------------------------------------
@@ -189,7 +191,8 @@ class Trainer:
     def run_step(self, iteration: int, images, targets) -> Dict[str, float]:
         # Every random draw of this iteration (resize scale, RPN/ROI sampling) from (seed, iteration, rank).
         torch.manual_seed((self.seed * 1_000_003 + iteration) * 1009 + get_rank())
-        images = [im.to(self.device, non_blocking=True) for im in images]
+        # Images stay on the CPU: the model's transform resizes them there (detectron2's uint8 PIL-like
+        # resize) and moves them to the device.
         targets = [{k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in t.items()}
                    for t in targets]  # polygons stay on the CPU, as detectron2's PolygonMasks
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
