@@ -158,8 +158,8 @@ def test_stages_match(engines, dataset, index):
         images = d2.preprocess_image([inp])
         features = d2.backbone(images.tensor)
         tv_features = tv.backbone(images.tensor)
-        for k in features:
-            assert torch.allclose(features[k], tv_features[k], atol=1e-4, rtol=0), k
+        diffs = {"features": max((features[k] - tv_features[k]).abs().max().item() for k in features)}
+        assert diffs["features"] <= 1e-4
         tv_images = TvImageList(images.tensor, [tuple(s) for s in images.image_sizes])
 
         # anchors
@@ -168,7 +168,8 @@ def test_stages_match(engines, dataset, index):
         tv_anchors = tv.rpn.anchor_generator.grid_anchors(rpn_in)
         for a, b in zip(d2_anchors, tv_anchors):
             assert a.tensor.shape == b.shape
-            assert (a.tensor - b).abs().max() <= 1e-4
+        diffs["anchors"] = max((a.tensor - b).abs().max().item() for a, b in zip(d2_anchors, tv_anchors))
+        assert diffs["anchors"] <= 1e-4
         odd_p6 = (images.tensor.shape[-1] // 32) % 2 == 1 or (images.tensor.shape[-2] // 32) % 2 == 1
 
         # proposals
@@ -176,7 +177,8 @@ def test_stages_match(engines, dataset, index):
         tv_props, _ = tv.rpn(tv_images, features)
         p, q = d2_props[0].proposal_boxes.tensor, tv_props[0]
         assert p.shape == q.shape and len(p) > 100
-        assert (p - q).abs().max() <= 1e-3
+        diffs["proposals"] = (p - q).abs().max().item()
+        assert diffs["proposals"] <= 1e-3
 
         # box head on detectron2's proposals
         in_features = [features[f] for f in cfg.MODEL.ROI_HEADS.IN_FEATURES]
@@ -184,8 +186,9 @@ def test_stages_match(engines, dataset, index):
         d2_logits, d2_deltas = d2.roi_heads.box_predictor(box_feats)
         tv_feats = tv.roi_heads.box_head(tv.roi_heads.box_roi_pool(features, [p], None))
         tv_logits, tv_deltas = tv.roi_heads.box_predictor(tv_feats)
-        assert (torch.cat([tv_logits[:, 1:], tv_logits[:, :1]], 1) - d2_logits).abs().max() <= 1e-5
-        assert (tv_deltas[:, 4:] - d2_deltas).abs().max() <= 1e-5
+        diffs["box logits"] = (torch.cat([tv_logits[:, 1:], tv_logits[:, :1]], 1) - d2_logits).abs().max().item()
+        diffs["box deltas"] = (tv_deltas[:, 4:] - d2_deltas).abs().max().item()
+        assert diffs["box logits"] <= 1e-5 and diffs["box deltas"] <= 1e-5
 
         # detections in original coordinates, mask logits and pasted masks
         d2_inst, _ = d2.roi_heads(images, features, d2_props)
@@ -195,15 +198,17 @@ def test_stages_match(engines, dataset, index):
         n = len(d2_final)
         assert n >= 20, f"only {n} detections: the test needs dozens"
         assert len(tv_final["boxes"]) == n
-        assert (tv_final["boxes"] - d2_final.pred_boxes.tensor).abs().max() <= 1e-3
-        assert (tv_final["scores"] - d2_final.scores).abs().max() <= 1e-5
+        diffs["final boxes"] = (tv_final["boxes"] - d2_final.pred_boxes.tensor).abs().max().item()
+        diffs["scores"] = (tv_final["scores"] - d2_final.scores).abs().max().item()
+        assert diffs["final boxes"] <= 1e-3 and diffs["scores"] <= 1e-5
         assert torch.equal(tv_final["labels"] - 1, d2_final.pred_classes)
 
         boxes = d2_inst[0].pred_boxes
         d2_mask_logits = d2.roi_heads.mask_head.layers(d2.roi_heads.mask_pooler(in_features, [boxes]))
         tv_mask_logits = tv.roi_heads.mask_predictor(tv.roi_heads.mask_head(
             tv.roi_heads.mask_roi_pool(features, [boxes.tensor], None)))
-        assert (tv_mask_logits[:, 1:] - d2_mask_logits).abs().max() <= 1e-5
+        diffs["mask logits"] = (tv_mask_logits[:, 1:] - d2_mask_logits).abs().max().item()
+        assert diffs["mask logits"] <= 1e-5
         a, b = tv_final["masks"][:, 0], d2_final.pred_masks
         assert a.shape == b.shape and a.dtype == b.dtype == torch.bool
         inter = (a & b).flatten(1).sum(1).float()
@@ -211,7 +216,8 @@ def test_stages_match(engines, dataset, index):
         iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
         assert iou.min() >= 0.99, f"pasted masks IoU {iou.min():.4f}"
     print(f"image {IMAGES[index]}: {len(p)} proposals, {n} detections, odd P6 grid: {odd_p6}, "
-          f"mask IoU min {iou.min():.4f}")
+          f"mask IoU min {iou.min():.4f}; max |difference| per stage: "
+          + ", ".join(f"{k} {v:.2g}" for k, v in diffs.items()))
 
 
 def test_full_inference_matches(engines, dataset):
@@ -417,3 +423,40 @@ def test_convert_weights_tool_writes_either_layout(engines, tmp_path):
     back = torch.load(tmp_path / "back.pth", weights_only=True)["model"]
     assert all(torch.equal(tv_state[k], v) for k, v in tv.state_dict().items())
     assert all(torch.equal(back[k], v) for k, v in d2.state_dict().items())
+
+
+@pytest.mark.parametrize("mask_format", ["bitmask", "polygon"])
+def test_training_inputs_match_the_dataset_mapper(engines, dataset, tmp_path, mask_format):
+    """Our dataset + the model's transform vs detectron2's DatasetMapper(is_train=True): images, boxes,
+    classes and mask targets, for polygon annotations (the test images) and RLE ones (synthetic shapes)."""
+    from resnet_backbones.data.synthetic import generate_split
+
+    cfg, _, tv = engines
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.RANDOM_FLIP, cfg.INPUT.MASK_FORMAT = (448,), "none", mask_format
+    cfg.freeze()
+    rle = DatasetSpec("equiv_rle", generate_split(str(tmp_path), "train", 4, seed=5), str(tmp_path / "train"))
+    specs = [dataset] + ([rle] if mask_format == "bitmask" else [])  # detectron2 refuses RLE as polygons too
+    mapper = DatasetMapper(cfg, is_train=True)
+    transform = tv_build_model(cfg).transform.train()
+    checked = 0
+    for spec in specs:
+        ours = COCOInstances(spec, input_format=cfg.INPUT.FORMAT, with_masks=True, mask_format=mask_format)
+        for i, d in enumerate(load_coco_json(spec.json_file, spec.image_root, spec.name + "_mapper")):
+            theirs = mapper(d)
+            image, target = ours[i]
+            image, target = transform.resize(image, target)
+            inst = theirs["instances"]
+            assert image.shape == theirs["image"].shape
+            assert (image.int() - theirs["image"].int()).abs().max() <= 1
+            assert torch.allclose(target["boxes"], inst.gt_boxes.tensor, atol=1e-3)
+            assert torch.equal(target["labels"] - 1, inst.gt_classes)
+            if mask_format == "bitmask":
+                assert torch.equal(target["masks"].bool(), inst.gt_masks.tensor)
+            else:
+                assert len(target["polygons"]) == len(inst.gt_masks.polygons)
+                for a, b in zip(target["polygons"], inst.gt_masks.polygons):
+                    assert all(np.allclose(p, q, atol=1e-4) for p, q in zip(a, b))
+            checked += len(inst)
+    assert checked >= 10

@@ -108,15 +108,15 @@ def test_cli_errors_are_clear(tmp_path):
 
 @pytest.mark.slow
 def test_ci_sized_training_learns_and_eval_only_and_demo_agree(tmp_path):
-    """First 200 iterations of the quick schedule (threshold: README "Quick schedules"), --eval-only, demo."""
+    """First 300 iterations of the quick schedule (threshold: README "Quick schedules"), --eval-only, demo."""
     out = tmp_path / "run"
     r = run_tool("tools/train_net.py", "--config", QUICK, "--engine", "torchvision", "OUTPUT_DIR", str(out),
-                 "SOLVER.MAX_ITER", "200", "SOLVER.CHECKPOINT_PERIOD", "1000")
+                 "SOLVER.MAX_ITER", "300", "SOLVER.CHECKPOINT_PERIOD", "1000")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "Evaluation results for bbox" in r.stdout
     final = [json.loads(x) for x in open(out / "metrics.json")][-1]
     print("CI-sized run:", {k: round(v, 2) for k, v in final.items() if k.startswith("bbox/AP")})
-    assert final["bbox/AP50"] >= 20.0  # 28.7 measured (README); an untrained model scores below 1
+    assert final["bbox/AP50"] >= 25.0  # 35.4 measured (README); an untrained model scores below 1
 
     again = run_tool("tools/train_net.py", "--config", QUICK, "--engine", "torchvision", "--eval-only",
                      "OUTPUT_DIR", str(tmp_path / "eval"),
