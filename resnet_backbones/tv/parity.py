@@ -470,6 +470,17 @@ def resize_like_detectron2(image: torch.Tensor, size: Tuple[int, int]) -> torch.
     return out.round().clamp(0, 255).to(torch.uint8)
 
 
+def _scale_polygons(polygons: List[np.ndarray], sx: float, sy: float) -> List[np.ndarray]:
+    """One instance's polygons (x0, y0, x1, ...) scaled in float64, as detectron2's ``apply_polygons``."""
+    out = []
+    for p in polygons:
+        q = np.array(p, dtype=np.float64)
+        q[0::2] *= sx
+        q[1::2] *= sy
+        out.append(q)
+    return out
+
+
 def _resize_bitmasks(masks: torch.Tensor, size: Tuple[int, int], polygons: Optional[List], sx: float,
                      sy: float) -> torch.Tensor:
     """(K, H, W) uint8 masks at ``size``: each resized with PIL's nearest filter (detectron2's
@@ -480,12 +491,7 @@ def _resize_bitmasks(masks: torch.Tensor, size: Tuple[int, int], polygons: Optio
     for k, m in enumerate(masks.cpu().numpy()):
         polys = polygons[k] if polygons is not None else None
         if polys is not None:
-            scaled = []
-            for p in polys:
-                q = np.array(p, dtype=np.float64)
-                q[0::2] *= sx
-                q[1::2] *= sy
-                scaled.append(q)
+            scaled = _scale_polygons(polys, sx, sy)
             out.append(mask_util.decode(mask_util.merge(mask_util.frPyObjects(scaled, h, w))) if scaled
                        else np.zeros((h, w), np.uint8))
         else:
@@ -599,15 +605,7 @@ class Detectron2Transform(GeneralizedRCNNTransform):
                 if len(target["masks"]):
                     keep &= target["masks"].flatten(1).amax(dim=1) > 0
             if "polygons" in target:
-                scaled = []
-                for inst in target["polygons"]:
-                    polys = []
-                    for p in inst:
-                        q = np.array(p, dtype=np.float64)
-                        q[0::2] *= sx
-                        q[1::2] *= sy
-                        polys.append(q)
-                    scaled.append(polys)
+                scaled = [_scale_polygons(inst, sx, sy) for inst in target["polygons"]]
                 target["polygons"] = scaled
                 keep &= torch.tensor([len(inst) > 0 for inst in scaled], dtype=torch.bool, device=keep.device)
             if not bool(keep.all()):
