@@ -5,7 +5,7 @@ otherwise standalone defaults that mirror detectron2's values for every key this
 test compares the two when detectron2 is installed). A key that is not in the tree is an error.
 """
 import os
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from fvcore.common.config import CfgNode as _FvCfgNode
 
@@ -16,12 +16,15 @@ __all__ = [
     "add_resnet_backbones_config",
     "get_cfg",
     "get_standalone_cfg",
+    "list_config_names",
     "resolve_config_path",
     "load_config",
     "check_cfg_conventions",
 ]
 
-CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+# Inside the package (package data), so a wheel, an editable install and a checkout find the same files.
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+CONFIG_SUFFIXES = (".yaml", ".py")  # yacs configs and LazyConfig Python files
 
 
 class ConfigError(ValueError):
@@ -204,6 +207,12 @@ def add_resnet_backbones_config(cfg) -> None:
     LOG_PERIOD: iterations between progress lines / metrics.json records.
     ACTIVATION_CHECKPOINTING: recompute each backbone stage in backward (less memory, more time).
     CHANNELS_LAST: run the backbone in channels_last memory format.
+    DIVERGENCE_THRESHOLD: stop training (an error naming the iteration, the losses, the fix and the
+        last checkpoint; no checkpoint of the diverged state is written) when, at iteration >=
+        SOLVER.WARMUP_ITERS, the total loss exceeds this factor times the median of the last 100 total
+        losses (once 20 are there). 0 turns it off. 20: healthy runs spike to 2-3x their median (a late
+        hard batch back at the initial loss ~10x); the blow-ups it is for reach 100-1000x (1-2 -> 161 ->
+        1425), and grow geometrically, so a higher limit only costs an iteration or two (resnet_backbones.guard).
     """
     cfg.MODEL.RESNET_BACKBONES = CfgNode()
     cfg.MODEL.RESNET_BACKBONES.PREACTIVATION = False
@@ -213,6 +222,7 @@ def add_resnet_backbones_config(cfg) -> None:
     cfg.MODEL.RESNET_BACKBONES.LOG_PERIOD = 20
     cfg.MODEL.RESNET_BACKBONES.ACTIVATION_CHECKPOINTING = False
     cfg.MODEL.RESNET_BACKBONES.CHANNELS_LAST = False
+    cfg.MODEL.RESNET_BACKBONES.DIVERGENCE_THRESHOLD = 20.0
 
 
 def get_standalone_cfg() -> CfgNode:
@@ -237,26 +247,42 @@ def get_cfg(*, use_detectron2: Optional[bool] = None):
     return get_standalone_cfg()
 
 
+def list_config_names() -> List[str]:
+    """Every config shipped in the package, as the short names :func:`resolve_config_path` takes."""
+    names = []
+    for root, dirs, files in os.walk(CONFIGS_DIR):
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+        names.extend(os.path.relpath(os.path.join(root, f), CONFIGS_DIR).replace(os.sep, "/")
+                     for f in files if f.endswith(CONFIG_SUFFIXES))
+    return sorted(names)
+
+
 def resolve_config_path(name: str) -> str:
-    """A path as given, else a name inside ``configs/`` (``faster_rcnn_R101.yaml``, ``quick_schedules/x.yaml``)."""
+    """A path as given, else a config shipped in the package by its short name.
+
+    ``faster_rcnn_R101.yaml``, ``faster_rcnn_R101`` (``.yaml`` assumed), ``quick_schedules/x.yaml``,
+    ``new_baselines/mask_rcnn_R152_FPN_100ep_LSJ.py``. An unknown name is an error listing the names.
+    """
     if os.path.isfile(name):
         return name
     candidate = os.path.join(CONFIGS_DIR, name)
     if os.path.isfile(candidate):
         return candidate
-    if not name.endswith(".yaml") and os.path.isfile(candidate + ".yaml"):
-        return candidate + ".yaml"
-    available = sorted(
-        os.path.relpath(os.path.join(root, f), CONFIGS_DIR)
-        for root, _, files in os.walk(CONFIGS_DIR) for f in files if f.endswith(".yaml")
-    )
-    raise ConfigError(f"config {name!r} is neither a file nor one of configs/: {', '.join(available)}")
+    for suffix in CONFIG_SUFFIXES:
+        if not name.endswith(CONFIG_SUFFIXES) and os.path.isfile(candidate + suffix):
+            return candidate + suffix
+    raise ConfigError(f"config {name!r} is neither a file nor a config shipped with resnet_backbones "
+                      f"({CONFIGS_DIR}); the shipped ones: {', '.join(list_config_names())}")
 
 
 def load_config(name: str, overrides: Sequence[str] = (), *, use_detectron2: Optional[bool] = None):
     """Defaults <- the yaml (with its ``_BASE_`` chain) <- ``KEY VALUE`` overrides; unknown keys are errors."""
-    cfg = get_cfg(use_detectron2=use_detectron2)
     path = resolve_config_path(name)
+    if path.endswith(".py"):
+        raise ConfigError(f"{path} is a detectron2 LazyConfig, not a yaml config: load it with "
+                          "resnet_backbones.model_zoo.get_config(name) (detectron2's LazyConfig.load), or run it "
+                          "with resnet-backbones-train-net --config NAME (detectron2 engine)")
+    cfg = get_cfg(use_detectron2=use_detectron2)
     overrides = list(overrides)
     if len(overrides) % 2:
         raise ConfigError(f"overrides come in KEY VALUE pairs, got an odd list: {overrides}")

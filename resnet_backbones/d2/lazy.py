@@ -1,0 +1,138 @@
+"""LazyConfig support on the detectron2 engine: the helpers our ``.py`` configs use, and the training
+loop ``resnet-backbones-train-net --config X.py`` runs.
+
+The loop is detectron2's ``tools/lazyconfig_train_net.py`` (instantiate ``model``, ``optimizer``,
+``dataloader``, ``lr_multiplier`` and run them under ``train.*``), with what our yaml path adds:
+our datasets registered (the synthetic one included), SOLVER.AMP-style autocast that also works on a
+CPU (bf16 only where the CPU has it natively), and ``TEST.EXPECTED_RESULTS``-free evaluation with
+detectron2's printed tables. The same config runs unchanged under detectron2's script.
+"""
+import argparse
+import logging
+from typing import Iterable, List
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import LazyConfig, instantiate
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets import load_coco_json
+from detectron2.engine import AMPTrainer, SimpleTrainer, default_setup, default_writers, hooks, launch
+from detectron2.engine.defaults import create_ddp_model
+from detectron2.evaluation import inference_on_dataset, print_csv_format
+from detectron2.utils import comm
+
+from ..solver import amp_dtype
+from ..weights.conventions import WeightsError, known_conventions
+from ..data import get_dataset, registered_datasets
+from .train import CPUAutocastTrainer
+
+__all__ = ["use_imagenet_weights", "lazy_dataset_names", "register_dataset_names", "launch_lazy"]
+
+logger = logging.getLogger("resnet_backbones")
+
+
+def use_imagenet_weights(model, dataloader, source: str) -> None:
+    """Set ``model.backbone.weights = source`` and the input conventions those weights imply: the
+    stride position of the body, the model's pixel mean/std and channel order, and the data mappers'
+    image format (detectron2's test mapper follows the train mapper's). For a LazyConfig file."""
+    conventions = known_conventions(source)
+    if conventions is None:
+        raise WeightsError(f"{source}: its input conventions are not known; set model.backbone.weights, "
+                           "model.pixel_mean/pixel_std/input_format and the mappers' image_format yourself")
+    model.backbone.weights = source
+    model.backbone.stride_in_1x1 = conventions.stride_in_1x1
+    model.pixel_mean = list(conventions.pixel_mean)
+    model.pixel_std = list(conventions.pixel_std)
+    model.input_format = conventions.input_format
+    dataloader.train.mapper.image_format = conventions.input_format
+
+
+def _names(value) -> List[str]:
+    return [value] if isinstance(value, str) else list(value)
+
+
+def lazy_dataset_names(cfg) -> List[str]:
+    """The dataset names a LazyConfig's train and test loaders read."""
+    names: List[str] = []
+    for split in ("train", "test"):
+        loader = cfg.dataloader.get(split)
+        if loader is not None and "dataset" in loader and "names" in loader.dataset:
+            names += _names(loader.dataset.names)
+    return names
+
+
+def register_dataset_names(names: Iterable[str], cfg=None) -> None:
+    """Make our dataset names (COCO under $DETECTRON2_DATASETS, the synthetic shapes, those of
+    ``register_coco_instances``) known to detectron2's catalogs; a missing dataset is our error naming
+    the path and the fix. Names we do not know are left to detectron2 (registered by the user)."""
+    for name in names:
+        if name not in registered_datasets():
+            continue
+        spec = get_dataset(name, cfg)
+        if name in DatasetCatalog.list():
+            continue  # detectron2's builtin COCO names: same files
+        DatasetCatalog.register(name, lambda s=spec: load_coco_json(s.json_file, s.image_root, s.name))
+        MetadataCatalog.get(name).set(json_file=spec.json_file, image_root=spec.image_root, evaluator_type="coco")
+
+
+def _evaluate(cfg, model):
+    if "evaluator" not in cfg.dataloader:
+        return {}
+    results = inference_on_dataset(model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator))
+    print_csv_format(results)
+    return results
+
+
+def _trainer(cfg, model, loader, optimizer) -> SimpleTrainer:
+    """AMPTrainer on CUDA (fp16 + GradScaler); on a CPU, bf16 autocast where native, else FP32."""
+    if not cfg.train.amp.enabled:
+        return SimpleTrainer(model, loader, optimizer)
+    dtype = amp_dtype(torch.device(cfg.train.device))
+    if dtype == torch.float16:
+        return AMPTrainer(model, loader, optimizer)
+    if dtype is None:
+        return SimpleTrainer(model, loader, optimizer)
+    return CPUAutocastTrainer(model, loader, optimizer, precision=dtype)
+
+
+def _train(cfg, resume: bool):
+    model = instantiate(cfg.model).to(cfg.train.device)
+    logger.info("Model:\n%s", model)
+    cfg.optimizer.params.model = model
+    optimizer = instantiate(cfg.optimizer)
+    loader = instantiate(cfg.dataloader.train)
+    model = create_ddp_model(model, **cfg.train.ddp)
+    trainer = _trainer(cfg, model, loader, optimizer)
+    checkpointer = DetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer)
+    main = comm.is_main_process()
+    trainer.register_hooks([
+        hooks.IterationTimer(),
+        hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+        hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if main else None,
+        hooks.EvalHook(cfg.train.eval_period, lambda: _evaluate(cfg, model)),
+        hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter),
+                             period=cfg.train.log_period) if main else None,
+    ])
+    checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
+    start_iter = trainer.iter + 1 if resume and checkpointer.has_checkpoint() else 0
+    trainer.train(start_iter, cfg.train.max_iter)
+
+
+def _main(config_path: str, overrides: List[str], eval_only: bool, resume: bool):
+    cfg = LazyConfig.apply_overrides(LazyConfig.load(config_path), overrides)
+    default_setup(cfg, argparse.Namespace(config_file=config_path, eval_only=eval_only, opts=overrides))
+    register_dataset_names(lazy_dataset_names(cfg))
+    if eval_only:
+        model = instantiate(cfg.model).to(cfg.train.device)
+        model = create_ddp_model(model)
+        DetectionCheckpointer(model).load(cfg.train.init_checkpoint)
+        return _evaluate(cfg, model)
+    _train(cfg, resume)
+    return None
+
+
+def launch_lazy(config_path: str, args) -> None:
+    """``--config X.py``: a LazyConfig on the detectron2 engine; ``args.opts`` are ``key=value``
+    overrides (``train.max_iter=100``, ``dataloader.train.total_batch_size=8``), as in detectron2."""
+    launch(_main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+           dist_url=args.dist_url, args=(config_path, list(args.opts), args.eval_only, args.resume))

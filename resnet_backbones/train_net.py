@@ -1,0 +1,100 @@
+"""Train and evaluate Faster/Mask R-CNN with resnet_backbones (detectron2's train_net.py interface).
+
+    resnet-backbones-train-net --config faster_rcnn_R101.yaml        # installed console command
+    python -m resnet_backbones.train_net --config quick_schedules/faster_rcnn_R18_synthetic.yaml
+    python tools/train_net.py --config mask_rcnn_R50.yaml --eval-only MODEL.WEIGHTS output/model_final.pth
+    python tools/train_net.py --config faster_rcnn_R50.yaml --num-gpus 8 SOLVER.IMS_PER_BATCH 16
+    resnet-backbones-train-net --config new_baselines/mask_rcnn_R152_FPN_100ep_LSJ.py train.max_iter=100
+
+Engines: detectron2 (DefaultTrainer) when importable, else the torchvision engine; the same yaml
+means the same model on both. Trailing KEY VALUE pairs override a yaml config. A LazyConfig (.py)
+runs on the detectron2 engine with key=value overrides, as detectron2's lazyconfig_train_net.py.
+"""
+import argparse
+import sys
+
+from .config import ConfigError, load_config, resolve_config_path
+from .d2 import detectron2_available
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", "--config-file", dest="config", required=True, metavar="NAME_OR_PATH",
+                   help="a yaml or LazyConfig .py path, or the short name of a shipped config "
+                        "(faster_rcnn_R101.yaml, new_baselines/mask_rcnn_R152_FPN_100ep_LSJ.py); "
+                        "python -c 'from resnet_backbones import model_zoo; print(model_zoo.list_configs())' lists them")
+    p.add_argument("--eval-only", action="store_true", help="evaluate MODEL.WEIGHTS (or, with --resume, the last checkpoint)")
+    p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last_checkpoint")
+    p.add_argument("--num-gpus", type=int, default=1, help="processes per machine (one per GPU; CPU processes on gloo without CUDA)")
+    p.add_argument("--num-machines", type=int, default=1)
+    p.add_argument("--machine-rank", type=int, default=0)
+    p.add_argument("--dist-url", default="auto", help="tcp://<machine 0 address>:<port> for several machines")
+    p.add_argument("--engine", choices=("auto", "detectron2", "torchvision"), default="auto")
+    p.add_argument("opts", nargs="*", help="config overrides: KEY VALUE pairs for a yaml, key=value for a LazyConfig")
+    return p.parse_intermixed_args(argv)  # flags may follow the KEY VALUE pairs
+
+
+def _run_lazy(path: str, args, engine: str) -> int:
+    """A LazyConfig (.py): detectron2's lazyconfig_train_net loop, on the detectron2 engine only."""
+    if engine != "detectron2":
+        raise ConfigError(f"{path} is a detectron2 LazyConfig, which runs on the detectron2 engine only; "
+                          "install detectron2 from its source, or use the yaml config of the same model "
+                          "(model_zoo.list_configs()) on the torchvision engine")
+    bad = [o for o in args.opts if "=" not in o]
+    if bad:
+        raise ConfigError(f"LazyConfig overrides are key=value (e.g. train.max_iter=100), got {bad}")
+    from .d2.lazy import launch_lazy
+
+    print(f"engine: detectron2 (LazyConfig); config: {path}", flush=True)
+    launch_lazy(path, args)
+    return 0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    engine = args.engine
+    if engine == "auto":
+        engine = "detectron2" if detectron2_available() else "torchvision"
+    elif engine == "detectron2" and not detectron2_available():
+        print("error: --engine detectron2 but detectron2 is not importable; install it from its source "
+              "(https://github.com/facebookresearch/detectron2) or use --engine torchvision", file=sys.stderr)
+        return 2
+    try:
+        path = resolve_config_path(args.config)
+        if path.endswith(".py"):
+            return _run_lazy(path, args, engine)
+        cfg = load_config(path, args.opts, use_detectron2=engine == "detectron2")
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"engine: {engine}; config: {path}", flush=True)
+    if engine == "detectron2":
+        from .d2.train import launch_detectron2
+
+        launch_detectron2(cfg, path, args)
+        return 0
+    from .data import DatasetError
+    from .tv import check_supported, launch
+    from .tv.main import ResultsVerificationError, main as tv_main
+    from .weights import WeightsError
+
+    try:
+        check_supported(cfg)
+        launch(tv_main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+               dist_url=args.dist_url, args=(cfg, path, args.eval_only, args.resume))
+    except (ConfigError, DatasetError, WeightsError) as e:  # input errors: the message names the fix
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ResultsVerificationError as e:  # as detectron2's verify_results: exit status 1
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cli() -> None:
+    """The ``resnet-backbones-train-net`` console command."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,169 @@
+"""The LazyConfig models (detectron2 needed): they instantiate, their backbone is the yaml-built one of
+the same depth, they run on a CPU, the LSJ recipe is detectron2's but for the backbone, and our
+train_net runs them."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("detectron2")
+pytest.importorskip("detectron2.modeling")
+
+from detectron2.config import LazyConfig, instantiate  # noqa: E402
+from detectron2.modeling import build_model  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+from resnet_backbones import model_zoo  # noqa: E402
+from resnet_backbones.config import load_config  # noqa: E402
+from resnet_backbones.modeling import FrozenBatchNorm2d  # noqa: E402
+from resnet_backbones.weights import WeightsError  # noqa: E402
+
+from test_weights import random_torchvision  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LAZY = [n for n in model_zoo.list_configs() if n.endswith(".py") and not n.startswith("common/")]
+LSJ = [n for n in LAZY if n.startswith("new_baselines/")]
+
+
+def _depth(name: str) -> int:
+    return int(name.split("_R")[1].split("_")[0])
+
+
+def _yaml_model(name: str):
+    """The detectron2-engine model our yaml config of the same kind and depth builds."""
+    kind = "mask_rcnn" if "mask_rcnn" in name else "faster_rcnn"
+    overrides = ["MODEL.DEVICE", "cpu"]
+    if name in LSJ:  # the LSJ backbone: SyncBN in body and FPN, nothing frozen
+        overrides += ["MODEL.RESNETS.NORM", "SyncBN", "MODEL.FPN.NORM", "SyncBN", "MODEL.BACKBONE.FREEZE_AT", "0"]
+    cfg = load_config(f"{kind}_R{_depth(name)}.yaml", overrides, use_detectron2=True)
+    return cfg, build_model(cfg)
+
+
+def _lazy_model(name: str):
+    cfg = model_zoo.get_config(name)
+    cfg.model.backbone.weights = ""  # no download in tests; loading is tested below on a local file
+    return cfg, instantiate(cfg.model).eval()
+
+
+def test_every_lazy_config_is_covered():
+    assert len(LAZY) == 15 and len(LSJ) == 9
+
+
+@pytest.mark.parametrize("name", LAZY)
+def test_lazy_model_matches_the_yaml_model_and_runs_on_cpu(name):
+    cfg, model = _lazy_model(name)
+    ycfg, ymodel = _yaml_model(name)
+    lazy_state = {k: tuple(v.shape) for k, v in model.backbone.state_dict().items()}
+    yaml_state = {k: tuple(v.shape) for k, v in ymodel.backbone.state_dict().items()}
+    assert lazy_state == yaml_state
+    assert ([n for n, p in model.backbone.named_parameters() if p.requires_grad]
+            == [n for n, p in ymodel.backbone.named_parameters() if p.requires_grad])  # same FREEZE_AT
+    assert model.input_format == ycfg.INPUT.FORMAT == cfg.dataloader.train.mapper.image_format
+    assert model.pixel_mean.flatten().tolist() == pytest.approx(list(ycfg.MODEL.PIXEL_MEAN))
+    assert model.pixel_std.flatten().tolist() == pytest.approx(list(ycfg.MODEL.PIXEL_STD))
+    assert cfg.model.backbone.stride_in_1x1 == ycfg.MODEL.RESNETS.STRIDE_IN_1X1
+    assert (model.roi_heads.mask_on if hasattr(model.roi_heads, "mask_on") else False) == ycfg.MODEL.MASK_ON
+    torch.manual_seed(0)
+    image = torch.randint(0, 256, (3, 96, 128), dtype=torch.uint8)
+    with torch.no_grad():
+        out = model([{"image": image, "height": 96, "width": 128}])
+    assert out[0]["instances"].image_size == (96, 128)
+
+
+@pytest.mark.parametrize("name", [n for n in LSJ if "_100ep_" in n and "R152" not in n])
+def test_lsj_recipe_is_detectron2s_new_baseline(name):
+    """Everything but model.backbone equals detectron2's own new_baselines config of that depth."""
+    ours = model_zoo.get_config(name)
+    theirs = model_zoo.detectron2_config(name.replace(f"R{_depth(name)}", f"R_{_depth(name)}"))
+    for key in ("dataloader", "optimizer", "lr_multiplier", "train"):
+        assert OmegaConf.to_container(ours[key]) == OmegaConf.to_container(theirs[key]), key
+    ours_model = OmegaConf.to_container(ours.model)
+    theirs_model = OmegaConf.to_container(theirs.model)
+    for part in (ours_model, theirs_model):
+        part.pop("backbone")
+        for head in ("box_head", "mask_head"):
+            part["roi_heads"][head].pop("conv_norm")  # lambdas: compared by what they build, below
+    assert ours_model == theirs_model
+    model = instantiate(ours.model)
+    assert type(model.roi_heads.box_head.conv1.norm).__name__ == "NaiveSyncBatchNorm"
+    assert not any(isinstance(m, FrozenBatchNorm2d) for m in model.backbone.modules())
+    assert isinstance(model.backbone.bottom_up.stem.conv1.norm, torch.nn.SyncBatchNorm)
+    assert isinstance(model.backbone.fpn_lateral2.norm, torch.nn.SyncBatchNorm)
+
+
+def test_longer_schedules_scale_iterations_and_milestones():
+    for depth in (50, 101, 152):
+        base = model_zoo.get_config(f"new_baselines/mask_rcnn_R{depth}_FPN_100ep_LSJ.py")
+        for epochs in (200, 400):
+            cfg = model_zoo.get_config(f"new_baselines/mask_rcnn_R{depth}_FPN_{epochs}ep_LSJ.py")
+            f = epochs // 100
+            assert cfg.train.max_iter == f * base.train.max_iter
+            assert cfg.lr_multiplier.scheduler.milestones == [f * m for m in base.lr_multiplier.scheduler.milestones]
+            assert cfg.lr_multiplier.scheduler.num_updates == cfg.train.max_iter
+            assert cfg.model.backbone.depth == depth
+
+
+def test_backbone_weights_load_when_the_model_is_built(tmp_path):
+    """model.backbone.weights goes through our loader: a torchvision file fits the R-152 recipe's
+    conventions (here at depth 50, to keep the file small) and is refused by the MSRA-convention R-50."""
+    path = str(tmp_path / "resnet50_tv.pth")
+    reference = random_torchvision("resnet50")
+    torch.save(reference.state_dict(), path)
+    cfg = model_zoo.get_config("new_baselines/mask_rcnn_R152_FPN_100ep_LSJ.py")
+    cfg.model.backbone.depth = 50
+    cfg.model.backbone.weights = path
+    model = instantiate(cfg.model)
+    assert torch.equal(model.backbone.bottom_up.res4[2].conv2.weight, reference.layer3[2].conv2.weight)
+    cfg = model_zoo.get_config("COCO-Detection/faster_rcnn_R50_FPN_1x.py")
+    cfg.model.backbone.weights = path
+    with pytest.raises(WeightsError, match="stride"):
+        instantiate(cfg.model)
+
+
+def test_use_imagenet_weights_refuses_unknown_conventions():
+    cfg = model_zoo.get_config("COCO-Detection/faster_rcnn_R50_FPN_1x.py")
+    from resnet_backbones.d2.lazy import use_imagenet_weights
+
+    with pytest.raises(WeightsError, match="conventions are not known"):
+        use_imagenet_weights(cfg.model, cfg.dataloader, "/some/file.pth")
+
+
+SMALL = [
+    "model.backbone.weights=", "model.backbone.depth=18", "model.roi_heads.num_classes=3", "train.device=cpu",
+    "train.max_iter=4", "train.log_period=2", "optimizer.lr=0.001",
+    "dataloader.train.dataset.names=synthetic_shapes_train", "dataloader.test.dataset.names=synthetic_shapes_val",
+    "dataloader.train.total_batch_size=2", "dataloader.train.num_workers=0", "dataloader.test.num_workers=0",
+    "dataloader.train.mapper.augmentations.0.short_edge_length=[128]",
+    "dataloader.train.mapper.augmentations.0.max_size=256",
+    "dataloader.test.mapper.augmentations.0.short_edge_length=128", "dataloader.test.mapper.augmentations.0.max_size=256",
+]
+
+
+def test_train_net_runs_a_lazy_config_on_the_detectron2_engine(tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tools", "train_net.py"), "--engine", "detectron2",
+         "--config", "COCO-Detection/faster_rcnn_R50_FPN_1x.py", f"train.output_dir={out}", *SMALL],
+        capture_output=True, text=True, timeout=600, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (out / "model_final.pth").is_file() and (out / "config.yaml").is_file()
+    assert "copypaste: AP,AP50,AP75,APs,APm,APl" in proc.stdout + proc.stderr
+    saved = LazyConfig.load(str(out / "config.yaml"))
+    assert saved.model.backbone.depth == 18 and saved.train.max_iter == 4
+
+
+def test_train_net_refuses_a_lazy_config_on_the_torchvision_engine():
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tools", "train_net.py"), "--engine", "torchvision",
+         "--config", "COCO-Detection/faster_rcnn_R50_FPN_1x.py"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "detectron2 engine only" in proc.stderr
+
+
+def test_lazy_overrides_must_be_key_value():
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tools", "train_net.py"), "--engine", "detectron2",
+         "--config", "COCO-Detection/faster_rcnn_R50_FPN_1x.py", "train.max_iter", "4"],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "key=value" in proc.stderr
