@@ -46,7 +46,11 @@ def _run_lazy(path: str, args, engine: str) -> int:
     from .d2.lazy import launch_lazy
 
     print(f"engine: detectron2 (LazyConfig); config: {path}", flush=True)
-    launch_lazy(path, args)
+    try:
+        launch_lazy(path, args)
+    except FloatingPointError as e:  # detectron2's non-finite loss check
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -71,7 +75,11 @@ def main(argv=None) -> int:
     if engine == "detectron2":
         from .d2.train import launch_detectron2
 
-        launch_detectron2(cfg, path, args)
+        try:
+            launch_detectron2(cfg, path, args)
+        except FloatingPointError as e:  # non-finite or diverged loss (resnet_backbones.guard): exit 1
+            print(f"error: {e}", file=sys.stderr)
+            return 1
         return 0
     from .data import DatasetError
     from .tv import check_supported, launch
@@ -85,7 +93,7 @@ def main(argv=None) -> int:
     except (ConfigError, DatasetError, WeightsError) as e:  # input errors: the message names the fix
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except ResultsVerificationError as e:  # as detectron2's verify_results: exit status 1
+    except (ResultsVerificationError, FloatingPointError) as e:  # a failed check or a diverged run: exit 1
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

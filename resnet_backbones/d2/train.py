@@ -8,18 +8,19 @@ import weakref
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, launch
+from detectron2.engine import AMPTrainer, DefaultTrainer, HookBase, SimpleTrainer, launch
 from detectron2.evaluation import COCOEvaluator, verify_results
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
 from ..data import get_dataset, registered_datasets
+from ..guard import LossGuard, evaluation_hint
 from ..solver import amp_dtype
 from .backbone import register_backbones
 from .checkpoint import ResnetBackbonesCheckpointer
 
-__all__ = ["CPUAutocastTrainer", "Trainer", "register_datasets", "launch_detectron2"]
+__all__ = ["CPUAutocastTrainer", "DivergenceHook", "Trainer", "register_datasets", "launch_detectron2"]
 
 logger = logging.getLogger("resnet_backbones")
 
@@ -90,9 +91,34 @@ def _inner_trainer_for_device(cfg, trainer: SimpleTrainer) -> SimpleTrainer:
     return CPUAutocastTrainer(*args, precision=dtype)
 
 
+class DivergenceHook(HookBase):
+    """:class:`resnet_backbones.guard.LossGuard` as a hook: reads the losses SimpleTrainer wrote to the
+    EventStorage for this iteration (``total_loss`` and each ``loss_*``, on the main process, every
+    iteration at the default ``gather_metric_period`` 1) and raises DivergenceError on a spike.
+
+    Register it first: hooks run in list order, so it raises before PeriodicCheckpointer saves the
+    diverged weights (model_final included, saved from after_step too). after_train logs the summary.
+    """
+
+    def __init__(self, guard: LossGuard):
+        self.guard = guard
+
+    def after_step(self):
+        it = self.trainer.iter
+        losses = {k: v for k, (v, i) in self.trainer.storage.latest().items()
+                  if i == it and (k == "total_loss" or k.startswith("loss"))}
+        if "total_loss" in losses:  # absent on the other ranks (detectron2 gathers them on rank 0)
+            self.guard.observe(it, losses)
+
+    def after_train(self):
+        if comm.is_main_process():
+            logger.info(self.guard.summary())
+
+
 class Trainer(DefaultTrainer):
-    """DefaultTrainer whose MODEL.WEIGHTS go through :class:`ResnetBackbonesCheckpointer` and whose
-    SOLVER.AMP.ENABLED also works on a CPU (:func:`_inner_trainer_for_device`)."""
+    """DefaultTrainer whose MODEL.WEIGHTS go through :class:`ResnetBackbonesCheckpointer`, whose
+    SOLVER.AMP.ENABLED also works on a CPU (:func:`_inner_trainer_for_device`), and which stops on a
+    diverged loss before it is checkpointed (:class:`DivergenceHook`)."""
 
     def __init__(self, cfg):
         with warnings.catch_warnings():  # the AMPTrainer we replace off CUDA makes a CUDA GradScaler
@@ -102,10 +128,32 @@ class Trainer(DefaultTrainer):
         self.checkpointer = ResnetBackbonesCheckpointer(
             self._trainer.model, cfg.OUTPUT_DIR, cfg=cfg, trainer=weakref.proxy(self))
 
+    def build_hooks(self):
+        self.guard = LossGuard.from_cfg(self.cfg)
+        return [DivergenceHook(self.guard)] + super().build_hooks()
+
+    def run_step(self):
+        try:
+            super().run_step()
+        except FloatingPointError as e:  # SimpleTrainer.write_metrics' non-finite check (before the step)
+            raise self.guard.non_finite(self.iter, str(e).split("loss_dict = ")[-1]) from e
+
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         return COCOEvaluator(dataset_name, output_dir=output_folder or os.path.join(cfg.OUTPUT_DIR, "inference",
                                                                                      dataset_name))
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        results = super().test(cfg, model, evaluators)
+        if comm.is_main_process() and len(cfg.DATASETS.TEST):
+            # One dataset: {"bbox": {...}}; several: {name: {"bbox": {...}}} (DefaultTrainer.test).
+            per_dataset = results if len(cfg.DATASETS.TEST) > 1 else {cfg.DATASETS.TEST[0]: results}
+            for name, r in per_dataset.items():
+                hint = evaluation_hint(cfg, (r or {}).get("bbox"))
+                if hint:
+                    logger.warning("%s: %s", name, hint)
+        return results
 
 
 def _main(cfg, config_path: str, eval_only: bool, resume: bool):

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..data import COCOInstances, TrainingBatchSampler, collate, get_dataset
+from ..guard import LossGuard, evaluation_hint, last_checkpoint
 from ..solver import amp_dtype, build_lr_scheduler, build_optimizer, clip_gradients_
 from .distributed import get_local_rank, get_rank, get_world_size, is_main_process, synchronize
 from .evaluate import coco_evaluate, format_table, inference_on_dataset, save_results
@@ -54,16 +55,6 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
-def last_checkpoint(output_dir: str) -> Optional[str]:
-    """The checkpoint OUTPUT_DIR/last_checkpoint names, or None if there is none."""
-    marker = os.path.join(output_dir, "last_checkpoint")
-    if not os.path.isfile(marker):
-        return None
-    with open(marker) as f:
-        path = os.path.join(output_dir, f.read().strip())
-    return path if os.path.isfile(path) else None
-
-
 def build_test_dataset(cfg, name: str) -> COCOInstances:
     return COCOInstances(get_dataset(name, cfg), input_format=cfg.INPUT.FORMAT, with_masks=False)
 
@@ -86,6 +77,9 @@ def evaluate(cfg, model: nn.Module, device: torch.device) -> Dict[str, Dict[str,
                 print(format_table(iou_type, s), flush=True)
                 logger.info("per-class AP (%s): %s", iou_type,
                             {k[3:]: round(v, 3) for k, v in s.items() if k.startswith("AP-")})
+            hint = evaluation_hint(cfg, stats.get("bbox"), len(results))
+            if hint:
+                logger.warning("%s: %s", name, hint)
             all_results.update({f"{name}/{t}": s for t, s in stats.items()} if len(cfg.DATASETS.TEST) > 1 else stats)
         synchronize()
     return all_results
@@ -102,7 +96,10 @@ class Trainer:
     - Checkpoints (model, optimizer, scheduler, scaler, iteration) every SOLVER.CHECKPOINT_PERIOD, at
       the end, and on SIGINT/SIGTERM between iterations; written atomically; OUTPUT_DIR/last_checkpoint
       names the newest.
-    - A non-finite loss stops training with FloatingPointError naming the iteration and the losses.
+    - A non-finite loss, or one that jumps above MODEL.RESNET_BACKBONES.DIVERGENCE_THRESHOLD x its
+      running median, stops training before the backward pass (FloatingPointError / DivergenceError
+      naming the iteration, the losses, the fix and the last checkpoint): nothing diverged is saved.
+      The end of training logs a one-line health summary (:mod:`resnet_backbones.guard`).
     - Progress line with ETA, TensorBoard scalars and metrics.json (one JSON per line) every LOG_PERIOD.
     """
 
@@ -142,6 +139,7 @@ class Trainer:
                 # resizes them on the CPU as detectron2's data loader does, then moves them.
                 model, device_ids=None)
         self._stop_signal: Optional[int] = None
+        self.guard = LossGuard.from_cfg(cfg)
 
     # -- checkpoints ---------------------------------------------------------------------------
     def _resume_or_load(self, resume: bool) -> None:
@@ -195,8 +193,11 @@ class Trainer:
         # resize) and moves them to the device.
         targets = [{k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in t.items()}
                    for t in targets]  # polygons stay on the CPU, as detectron2's PolygonMasks
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            loss_dict = self.model(images, targets)
+        try:
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                loss_dict = self.model(images, targets)
+        except FloatingPointError as e:  # the RPN's check on non-finite boxes/scores, as detectron2's
+            raise self.guard.non_finite(iteration, f"(in the forward pass: {e})") from e
         losses = sum(loss_dict.values())
         values = {k: v.detach().float() for k, v in loss_dict.items()}
         if get_world_size() > 1:  # every rank sees the same numbers, so all stop together on NaN
@@ -204,11 +205,9 @@ class Trainer:
             torch.distributed.all_reduce(stacked)
             values = {k: v / get_world_size() for k, v in zip(values, stacked)}
         values = {k: v.item() for k, v in values.items()}
-        if not all(math.isfinite(v) for v in values.values()):
-            raise FloatingPointError(
-                f"loss became non-finite at iteration {iteration}: {values}. Lower SOLVER.BASE_LR, raise "
-                "SOLVER.WARMUP_ITERS, or enable SOLVER.CLIP_GRADIENTS; the last checkpoint is in OUTPUT_DIR"
-            )
+        values["total_loss"] = sum(values.values())
+        # Before backward and the step: a diverged loss never reaches the weights or a checkpoint.
+        self.guard.observe(iteration, values)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(losses).backward()
         if self.cfg.SOLVER.CLIP_GRADIENTS.ENABLED:
@@ -218,7 +217,6 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        values["total_loss"] = sum(values.values())
         return values
 
     def train(self) -> Dict[str, Dict[str, float]]:
@@ -267,6 +265,8 @@ class Trainer:
                         datetime.timedelta(seconds=int(time.perf_counter() - started)),
                         (time.perf_counter() - started) / max(iteration - self.start_iter, 1))
         finally:
+            if is_main_process():
+                logger.info(self.guard.summary())
             for s, h in handlers.items():
                 signal.signal(s, h)
             if writer is not None:

@@ -1,0 +1,174 @@
+"""Training health, shared by both engines: the divergence guard, its messages, the end-of-run summary
+and the hint after an evaluation that found nothing.
+
+The torchvision engine calls :meth:`LossGuard.observe` in ``Trainer.run_step`` before the backward
+pass; the detectron2 engine from a hook that runs before ``PeriodicCheckpointer``
+(:class:`resnet_backbones.d2.train.DivergenceHook`). Either way the guard raises before any checkpoint
+of the diverged iteration is written, and the exception ends training, so no final or interrupt
+checkpoint follows it.
+"""
+import math
+import os
+import statistics
+from collections import deque
+from typing import Mapping, Optional
+
+__all__ = ["DivergenceError", "LossGuard", "evaluation_hint", "last_checkpoint"]
+
+# Running median over the last WINDOW total losses: long enough that a few noisy batches do not move
+# it, short enough to follow the loss as it falls (a 400-iteration quick schedule halves it in ~100).
+WINDOW = 100
+# Judge only once the median has this many values behind it: the median of 3 values is noise.
+MIN_VALUES = 20
+# bbox AP (percent) below which an evaluation "found nothing": untrained or 2-iteration models score
+# 0.01-0.06 on the synthetic shapes (both engines), one that learned anything scores whole points.
+NEAR_ZERO_AP = 0.1
+
+
+class DivergenceError(FloatingPointError):
+    """The total loss jumped far above its running median (MODEL.RESNET_BACKBONES.DIVERGENCE_THRESHOLD).
+
+    A FloatingPointError, as the non-finite loss it usually turns into a few iterations later.
+    """
+
+
+def last_checkpoint(output_dir: str) -> Optional[str]:
+    """The checkpoint OUTPUT_DIR/last_checkpoint names (both engines write this marker), or None."""
+    marker = os.path.join(output_dir, "last_checkpoint")
+    if not os.path.isfile(marker):
+        return None
+    with open(marker) as f:
+        path = os.path.join(output_dir, f.read().strip())
+    return path if os.path.isfile(path) else None
+
+
+def _checkpoint_note(output_dir: str) -> str:
+    path = last_checkpoint(output_dir)
+    if path is None:
+        return f"No checkpoint has been written yet ({os.path.join(output_dir, 'last_checkpoint')} is absent)."
+    return f"The last checkpoint, written before this iteration: {path}."
+
+
+def _advice(cfg) -> str:
+    clip = cfg.SOLVER.CLIP_GRADIENTS
+    now = f"ENABLED {clip.ENABLED}, CLIP_TYPE {clip.CLIP_TYPE}, CLIP_VALUE {clip.CLIP_VALUE}"
+    return (f"Lower SOLVER.BASE_LR (now {cfg.SOLVER.BASE_LR}), lengthen SOLVER.WARMUP_ITERS (now "
+            f"{cfg.SOLVER.WARMUP_ITERS}), or clip gradients by norm: SOLVER.CLIP_GRADIENTS.ENABLED True "
+            f"SOLVER.CLIP_GRADIENTS.CLIP_TYPE norm (now {now}).")
+
+
+def _format(losses: Mapping[str, float]) -> str:
+    return "{" + ", ".join(f"{k}: {v:.4g}" for k, v in losses.items()) + "}"
+
+
+class LossGuard:
+    """Watches the total loss of every iteration; stops training when it is non-finite or diverges.
+
+    Diverged: at ``iteration >= warmup_iters``, with at least ``min_values`` earlier losses in the
+    window, ``total_loss > threshold * median(last window total losses)``. ``threshold`` 0 turns that
+    check off (the guard still measures the largest ratio, reported in :meth:`summary`).
+
+    Args:
+        threshold: MODEL.RESNET_BACKBONES.DIVERGENCE_THRESHOLD.
+        warmup_iters: SOLVER.WARMUP_ITERS; spikes while the LR ramps up are not judged.
+        output_dir: where OUTPUT_DIR/last_checkpoint is looked up for the message.
+        advice: what to change, appended to the messages (:meth:`from_cfg` fills in the SOLVER keys).
+        summary_window: iterations whose median is the start / end loss of the summary.
+        window, min_values: the running median's length and the values it needs before judging.
+    """
+
+    def __init__(self, *, threshold: float, warmup_iters: int, output_dir: str, advice: str = "",
+                 summary_window: int = 20, window: int = WINDOW, min_values: int = MIN_VALUES):
+        if threshold < 0 or (0 < threshold <= 1):
+            raise ValueError(f"MODEL.RESNET_BACKBONES.DIVERGENCE_THRESHOLD={threshold}: use 0 (off) or a "
+                             "factor above 1 (the default is 20)")
+        self.threshold = threshold
+        self.warmup_iters = warmup_iters
+        self.output_dir = output_dir
+        self.advice = advice
+        self.window = window
+        self.min_values = min_values
+        self.summary_window = summary_window
+        self._recent: deque = deque(maxlen=max(window, summary_window))  # (iteration, total_loss)
+        self._first: list = []  # the first summary_window (iteration, total_loss)
+        self.largest = (0.0, None)  # (total_loss / median, iteration), after warm-up
+        self.stopped: Optional[str] = None  # why the guard stopped training
+
+    @classmethod
+    def from_cfg(cls, cfg) -> "LossGuard":
+        return cls(threshold=cfg.MODEL.RESNET_BACKBONES.DIVERGENCE_THRESHOLD,
+                   warmup_iters=cfg.SOLVER.WARMUP_ITERS, output_dir=cfg.OUTPUT_DIR, advice=_advice(cfg),
+                   summary_window=cfg.MODEL.RESNET_BACKBONES.LOG_PERIOD)
+
+    def observe(self, iteration: int, losses: Mapping[str, float]) -> None:
+        """Record this iteration's losses (``total_loss`` or their sum); raise if they went wrong.
+
+        Raises FloatingPointError for a non-finite loss, :class:`DivergenceError` for a spike. Call it
+        before any checkpoint of ``iteration`` is written (best: before its backward pass and step).
+        """
+        total = losses["total_loss"] if "total_loss" in losses else sum(losses.values())
+        if not all(math.isfinite(v) for v in losses.values()) or not math.isfinite(total):
+            raise self.non_finite(iteration, _format(losses))
+        values = [v for _, v in self._recent][-self.window:]
+        if iteration >= self.warmup_iters and len(values) >= self.min_values:
+            median = statistics.median(values)
+            if median > 0:
+                ratio = total / median
+                if ratio > self.largest[0]:
+                    self.largest = (ratio, iteration)
+                if self.threshold and ratio > self.threshold:
+                    self.stopped = (f"diverged at iteration {iteration} (total_loss {total:.4g} = {ratio:.3g}x "
+                                    f"the running median {median:.4g})")
+                    raise DivergenceError(
+                        f"training diverged at iteration {iteration}: total_loss {total:.4g} is {ratio:.3g}x the "
+                        f"median {median:.4g} of the last {len(values)} iterations (limit "
+                        f"MODEL.RESNET_BACKBONES.DIVERGENCE_THRESHOLD={self.threshold:g}x). Losses: "
+                        f"{_format(losses)}. {self.advice} {_checkpoint_note(self.output_dir)} If this "
+                        "spike is expected, raise MODEL.RESNET_BACKBONES.DIVERGENCE_THRESHOLD (0 turns it off).")
+        self._recent.append((iteration, total))
+        if len(self._first) < self.summary_window:
+            self._first.append((iteration, total))
+
+    def non_finite(self, iteration: int, losses: str) -> FloatingPointError:
+        """The error for a non-finite loss at ``iteration`` (``losses``: their text); records the stop."""
+        self.stopped = f"non-finite loss at iteration {iteration}"
+        return FloatingPointError(f"loss became non-finite at iteration {iteration}: {losses}. {self.advice} "
+                                  f"{_checkpoint_note(self.output_dir)}")
+
+    def summary(self) -> str:
+        """One line: healthy or not, and the total loss at the start and at the end (medians)."""
+        if self.stopped:
+            health = f"NOT healthy: {self.stopped}"
+        else:
+            guard = f"{self.threshold:g}x" if self.threshold else "off (DIVERGENCE_THRESHOLD 0)"
+            health = f"healthy: no non-finite loss, no divergence (guard {guard}"
+            ratio, at = self.largest
+            health += f"; largest total_loss {ratio:.1f}x its running median, at iteration {at})" if at is not None \
+                else "; too few iterations after warm-up to judge)"
+        if not self._first:
+            return f"Training health: {health}; no loss recorded"
+        last = list(self._recent)[-self.summary_window:]
+        return (f"Training health: {health}; total_loss {_median_of(self._first)} at the start -> "
+                f"{_median_of(last)} at the end")
+
+
+def _median_of(points) -> str:
+    return (f"{statistics.median(v for _, v in points):.4g} (median of iterations "
+            f"{points[0][0]}-{points[-1][0]})")
+
+
+def evaluation_hint(cfg, bbox: Optional[Mapping[str, float]], num_detections: Optional[int] = None) -> Optional[str]:
+    """One line of likely causes when an evaluation found nothing, else None.
+
+    Nothing: no detection (``num_detections`` 0, or detectron2's COCOEvaluator giving no or NaN bbox
+    AP), or bbox AP (percent) under :data:`NEAR_ZERO_AP`.
+    """
+    ap = (bbox or {}).get("AP", float("nan"))
+    if num_detections != 0 and math.isfinite(ap) and ap >= NEAR_ZERO_AP:
+        return None
+    found = "no detections" if num_detections == 0 or not math.isfinite(ap) else f"bbox AP {ap:.3f}, about 0"
+    return (f"Evaluation found {found}. Likely causes: training diverged (see the 'Training health' line; lower "
+            f"SOLVER.BASE_LR={cfg.SOLVER.BASE_LR} or lengthen SOLVER.WARMUP_ITERS={cfg.SOLVER.WARMUP_ITERS}); "
+            f"too few iterations (SOLVER.MAX_ITER={cfg.SOLVER.MAX_ITER}); MODEL.ROI_HEADS.NUM_CLASSES="
+            f"{cfg.MODEL.ROI_HEADS.NUM_CLASSES} or the category ids not matching the dataset; "
+            f"MODEL.ROI_HEADS.SCORE_THRESH_TEST={cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST} too high.")
