@@ -75,13 +75,15 @@ class LossGuard:
         advice: what to change, appended to the messages (:meth:`from_cfg` fills in the SOLVER keys).
         summary_window: iterations whose median is the start / end loss of the summary.
         window, min_values: the running median's length and the values it needs before judging.
+        key: the config key of ``threshold``, for the messages.
     """
 
     def __init__(self, *, threshold: float, warmup_iters: int, output_dir: str, advice: str = "",
-                 summary_window: int = 20, window: int = WINDOW, min_values: int = MIN_VALUES):
+                 summary_window: int = 20, window: int = WINDOW, min_values: int = MIN_VALUES,
+                 key: str = "MODEL.RESNET_BACKBONES.DIVERGENCE_THRESHOLD"):
         if threshold < 0 or (0 < threshold <= 1):
-            raise ValueError(f"MODEL.RESNET_BACKBONES.DIVERGENCE_THRESHOLD={threshold}: use 0 (off) or a "
-                             "factor above 1 (the default is 20)")
+            raise ValueError(f"{key}={threshold}: use 0 (off) or a factor above 1 (the default is 20)")
+        self.key = key
         self.threshold = threshold
         self.warmup_iters = warmup_iters
         self.output_dir = output_dir
@@ -122,9 +124,9 @@ class LossGuard:
                     raise DivergenceError(
                         f"training diverged at iteration {iteration}: total_loss {total:.4g} is {ratio:.3g}x the "
                         f"median {median:.4g} of the last {len(values)} iterations (limit "
-                        f"MODEL.RESNET_BACKBONES.DIVERGENCE_THRESHOLD={self.threshold:g}x). Losses: "
+                        f"{self.key}={self.threshold:g}x). Losses: "
                         f"{_format(losses)}. {self.advice} {_checkpoint_note(self.output_dir)} If this "
-                        "spike is expected, raise MODEL.RESNET_BACKBONES.DIVERGENCE_THRESHOLD (0 turns it off).")
+                        f"spike is expected, raise {self.key} (0 turns it off).")
         self._recent.append((iteration, total))
         if len(self._first) < self.summary_window:
             self._first.append((iteration, total))

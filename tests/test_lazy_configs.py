@@ -150,6 +150,7 @@ def test_train_net_runs_a_lazy_config_on_the_detectron2_engine(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert (out / "model_final.pth").is_file() and (out / "config.yaml").is_file()
     assert "copypaste: AP,AP50,AP75,APs,APm,APl" in proc.stdout + proc.stderr
+    assert "Training health: healthy" in proc.stdout + proc.stderr  # our divergence guard ran as a hook
     saved = LazyConfig.load(str(out / "config.yaml"))
     assert saved.model.backbone.depth == 18 and saved.train.max_iter == 4
 

@@ -3,28 +3,28 @@ loop ``resnet-backbones-train-net --config X.py`` runs.
 
 The loop is detectron2's ``tools/lazyconfig_train_net.py`` (instantiate ``model``, ``optimizer``,
 ``dataloader``, ``lr_multiplier`` and run them under ``train.*``), with what our yaml path adds:
-our datasets registered (the synthetic one included), SOLVER.AMP-style autocast that also works on a
-CPU (bf16 only where the CPU has it natively), and ``TEST.EXPECTED_RESULTS``-free evaluation with
-detectron2's printed tables. The same config runs unchanged under detectron2's script.
+our datasets registered (the synthetic ones included), ``train.amp`` autocast that also works on a
+CPU (bf16 only where the CPU has it natively), and our divergence guard as the first hook
+(``train.divergence_threshold``, default 20, 0 turns it off; see :mod:`resnet_backbones.guard`). The
+same config runs unchanged under detectron2's script.
 """
 import argparse
 import logging
-from typing import Iterable, List
+from typing import List
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import LazyConfig, instantiate
-from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets import load_coco_json
 from detectron2.engine import AMPTrainer, SimpleTrainer, default_setup, default_writers, hooks, launch
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
+from ..guard import LossGuard
 from ..solver import amp_dtype
 from ..weights.conventions import WeightsError, known_conventions
-from ..data import get_dataset, registered_datasets
-from .train import CPUAutocastTrainer
+from .train import CPUAutocastTrainer, DivergenceHook, register_dataset_names
 
 __all__ = ["use_imagenet_weights", "lazy_dataset_names", "register_dataset_names", "launch_lazy"]
 
@@ -61,20 +61,6 @@ def lazy_dataset_names(cfg) -> List[str]:
     return names
 
 
-def register_dataset_names(names: Iterable[str], cfg=None) -> None:
-    """Make our dataset names (COCO under $DETECTRON2_DATASETS, the synthetic shapes, those of
-    ``register_coco_instances``) known to detectron2's catalogs; a missing dataset is our error naming
-    the path and the fix. Names we do not know are left to detectron2 (registered by the user)."""
-    for name in names:
-        if name not in registered_datasets():
-            continue
-        spec = get_dataset(name, cfg)
-        if name in DatasetCatalog.list():
-            continue  # detectron2's builtin COCO names: same files
-        DatasetCatalog.register(name, lambda s=spec: load_coco_json(s.json_file, s.image_root, s.name))
-        MetadataCatalog.get(name).set(json_file=spec.json_file, image_root=spec.image_root, evaluator_type="coco")
-
-
 def _evaluate(cfg, model):
     if "evaluator" not in cfg.dataloader:
         return {}
@@ -95,6 +81,16 @@ def _trainer(cfg, model, loader, optimizer) -> SimpleTrainer:
     return CPUAutocastTrainer(model, loader, optimizer, precision=dtype)
 
 
+def _guard(cfg) -> LossGuard:
+    """The divergence guard for a LazyConfig: warm-up from ``lr_multiplier.warmup_length``."""
+    warmup = float(cfg.lr_multiplier.get("warmup_length", 0.0)) if "lr_multiplier" in cfg else 0.0
+    return LossGuard(
+        threshold=float(cfg.train.get("divergence_threshold", 20.0)), warmup_iters=int(warmup * cfg.train.max_iter),
+        output_dir=cfg.train.output_dir, summary_window=cfg.train.log_period,
+        advice=f"Lower optimizer.lr (now {cfg.optimizer.get('lr')}), lengthen lr_multiplier.warmup_length (now "
+               f"{warmup}), or clip gradients.", key="train.divergence_threshold")
+
+
 def _train(cfg, resume: bool):
     model = instantiate(cfg.model).to(cfg.train.device)
     logger.info("Model:\n%s", model)
@@ -106,6 +102,7 @@ def _train(cfg, resume: bool):
     checkpointer = DetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer)
     main = comm.is_main_process()
     trainer.register_hooks([
+        DivergenceHook(_guard(cfg)),  # first: before PeriodicCheckpointer can save a diverged state
         hooks.IterationTimer(),
         hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
         hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if main else None,
@@ -121,6 +118,7 @@ def _train(cfg, resume: bool):
 def _main(config_path: str, overrides: List[str], eval_only: bool, resume: bool):
     cfg = LazyConfig.apply_overrides(LazyConfig.load(config_path), overrides)
     default_setup(cfg, argparse.Namespace(config_file=config_path, eval_only=eval_only, opts=overrides))
+    setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="resnet_backbones")
     register_dataset_names(lazy_dataset_names(cfg))
     if eval_only:
         model = instantiate(cfg.model).to(cfg.train.device)

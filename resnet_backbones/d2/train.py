@@ -4,6 +4,7 @@ import os
 import time
 import warnings
 import weakref
+from typing import Iterable
 
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -20,25 +21,30 @@ from ..solver import amp_dtype
 from .backbone import register_backbones
 from .checkpoint import ResnetBackbonesCheckpointer
 
-__all__ = ["CPUAutocastTrainer", "DivergenceHook", "Trainer", "register_datasets", "launch_detectron2"]
+__all__ = ["CPUAutocastTrainer", "DivergenceHook", "Trainer", "register_dataset_names", "register_datasets",
+           "launch_detectron2"]
 
 logger = logging.getLogger("resnet_backbones")
 
 
-def register_datasets(cfg) -> None:
-    """Make DATASETS.TRAIN/TEST known to DatasetCatalog/MetadataCatalog (synthetic data generated here).
-
-    Names we know (COCO under $DETECTRON2_DATASETS, synthetic shapes, register_coco_instances) are
-    checked first, so a missing dataset is our error naming the path and the fix.
-    """
-    for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
+def register_dataset_names(names: Iterable[str], cfg=None) -> None:
+    """Make our dataset names (COCO under $DETECTRON2_DATASETS, the synthetic shapes and their variants,
+    those of ``register_coco_instances``) known to DatasetCatalog/MetadataCatalog (synthetic data is
+    generated here). Our names are checked first, so a missing dataset is our error naming the path and
+    the fix; names we do not know are left to detectron2 (registered by the user)."""
+    for name in names:
         if name not in registered_datasets():
-            continue  # a dataset registered with detectron2 by the user
+            continue
         spec = get_dataset(name, cfg)
         if name in DatasetCatalog.list():
             continue  # detectron2's builtin COCO names: same files
         DatasetCatalog.register(name, lambda s=spec: load_coco_json(s.json_file, s.image_root, s.name))
         MetadataCatalog.get(name).set(json_file=spec.json_file, image_root=spec.image_root, evaluator_type="coco")
+
+
+def register_datasets(cfg) -> None:
+    """:func:`register_dataset_names` for DATASETS.TRAIN and DATASETS.TEST."""
+    register_dataset_names(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST), cfg)
 
 
 class CPUAutocastTrainer(SimpleTrainer):

@@ -69,6 +69,28 @@ for _split in ("train", "val"):
     _REGISTRY[f"synthetic_shapes_{_split}"] = _synthetic(_split)
 
 
+def _variant(variant: str, split: str):
+    def spec(cfg=None) -> DatasetSpec:
+        from .variants import VARIANTS, generate_variant, variants_root
+
+        root = generate_variant(os.path.join(variants_root(), variant), VARIANTS[variant])
+        return DatasetSpec(f"shapes_{variant}_{split}", os.path.join(root, "annotations", f"instances_{split}.json"),
+                           os.path.join(root, split))
+
+    return spec
+
+
+def _register_variants() -> None:
+    from .variants import VARIANTS
+
+    for variant in VARIANTS:
+        for split in ("train", "val"):
+            _REGISTRY[f"shapes_{variant}_{split}"] = _variant(variant, split)
+
+
+_register_variants()
+
+
 def get_dataset(name: str, cfg=None) -> DatasetSpec:
     """Resolve a registered name to its files, generating the synthetic data on first use.
 
