@@ -116,7 +116,7 @@ def test_ci_sized_training_learns_and_eval_only_and_demo_agree(tmp_path):
     assert "Evaluation results for bbox" in r.stdout
     final = [json.loads(x) for x in open(out / "metrics.json")][-1]
     print("CI-sized run:", {k: round(v, 2) for k, v in final.items() if k.startswith("bbox/AP")})
-    assert final["bbox/AP50"] >= 25.0  # 35.4 measured (README); an untrained model scores below 1
+    assert final["bbox/AP50"] >= 25.0  # 65.9 measured (README); an untrained model scores below 1
 
     again = run_tool("tools/train_net.py", "--config", QUICK, "--engine", "torchvision", "--eval-only",
                      "OUTPUT_DIR", str(tmp_path / "eval"),
@@ -132,3 +132,21 @@ def test_ci_sized_training_learns_and_eval_only_and_demo_agree(tmp_path):
                     "MODEL.WEIGHTS", str(out / "model_final.pth"))
     assert demo.returncode == 0, demo.stderr[-3000:]
     assert sorted(os.listdir(tmp_path / "demo")) == ["000000.png", "000001.png"]
+
+
+@pytest.mark.slow
+def test_ci_sized_training_on_a_coco_format_variant_with_80_coco_ids_learns(tmp_path):
+    """The first 300 iterations of the quick schedule, at its own settings, on another small COCO-format
+    dataset: COCO's 80 real category ids, JPEGs of 100-200 px, polygons, crowd regions, grey and empty
+    images (``shapes_coco80_jpeg_polygon``; README "Quick schedules"). With element-wise gradient
+    clipping this recipe diverged here at iteration 65; now it must train and learn."""
+    out = tmp_path / "run"
+    r = run_tool("tools/train_net.py", "--config", QUICK, "--engine", "torchvision", "OUTPUT_DIR", str(out),
+                 "DATASETS.TRAIN", '("shapes_coco80_jpeg_polygon_train",)',
+                 "DATASETS.TEST", '("shapes_coco80_jpeg_polygon_val",)', "MODEL.ROI_HEADS.NUM_CLASSES", "80",
+                 "SOLVER.MAX_ITER", "300", "SOLVER.CHECKPOINT_PERIOD", "1000")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Training health: healthy" in r.stdout + r.stderr
+    final = [json.loads(x) for x in open(out / "metrics.json")][-1]
+    print("CI-sized run on the 80-id variant:", {k: round(v, 2) for k, v in final.items() if k.startswith("bbox/AP")})
+    assert final["bbox/AP50"] >= 25.0  # 48.2 measured (README); an untrained model scores below 1

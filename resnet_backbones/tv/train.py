@@ -76,7 +76,7 @@ def evaluate(cfg, model: nn.Module, device: torch.device) -> Dict[str, Dict[str,
             for iou_type, s in stats.items():
                 print(format_table(iou_type, s), flush=True)
                 logger.info("per-class AP (%s): %s", iou_type,
-                            {k[3:]: round(v, 3) for k, v in s.items() if k.startswith("AP-")})
+                            {k[3:]: round(v, 3) for k, v in s.items() if k.startswith("AP-") and v == v})  # classes with GT
             hint = evaluation_hint(cfg, stats.get("bbox"), len(results))
             if hint:
                 logger.warning("%s: %s", name, hint)
