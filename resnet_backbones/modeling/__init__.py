@@ -15,4 +15,11 @@ from .resnet import (
     build_resnet,
     make_stage,
 )
-from .optimize import compile_for_inference, fold_frozen_batchnorm, optimize_for_inference, set_activation_checkpointing, to_channels_last
+from .optimize import (
+    compile_for_inference,
+    fold_frozen_batchnorm,
+    optimize_for_inference,
+    set_activation_checkpointing,
+    set_frozen_bn_folding,
+    to_channels_last,
+)

@@ -54,13 +54,29 @@ STAGE_NAMES = ("res2", "res3", "res4", "res5")
 
 
 class Conv2d(nn.Conv2d):
-    """``nn.Conv2d`` followed by an optional norm layer stored as ``.norm`` (detectron2's layout)."""
+    """``nn.Conv2d`` followed by an optional norm layer stored as ``.norm`` (detectron2's layout).
+
+    In training (``self.training`` and grad enabled) a FrozenBatchNorm2d norm is folded into the conv
+    on the fly: ``conv(x, W) * s + t == conv(x, W * s, bias=t)``, one convolution with a fused bias
+    instead of a convolution and two per-channel passes over its output (and one more in backward).
+    The parameters and their gradients are the same tensors as without folding (``W`` is still the
+    parameter; autograd carries ``dL/dW = s * dL/d(W * s)``); results differ by float rounding only
+    (tests/test_optimize.py). ``fold_frozen_norm = False`` turns it off (``set_frozen_bn_folding``).
+    Inference keeps the BatchNorm kernel, bit-identical to detectron2's FrozenBatchNorm2d.
+    """
 
     def __init__(self, *args, norm: Optional[nn.Module] = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.norm = norm
+        self.fold_frozen_norm = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fold_frozen_norm and self.training and torch.is_grad_enabled() \
+                and isinstance(self.norm, FrozenBatchNorm2d):
+            scale, shift = self.norm.scale_and_shift()
+            weight = self.weight * scale.reshape(-1, 1, 1, 1)
+            bias = shift if self.bias is None else self.bias * scale + shift
+            return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
         x = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
         if self.norm is not None:
             x = self.norm(x)
@@ -345,6 +361,8 @@ class ResNet(nn.Module):
         self.freeze_at = freeze_at
         # Recompute stage activations in backward (see optimize.set_activation_checkpointing).
         self.activation_checkpointing = False
+        self.checkpoint_stages = tuple(self.stage_names)
+        self.checkpoint_per_block = False
         self.freeze(freeze_at)
 
     @property
@@ -379,7 +397,13 @@ class ResNet(nn.Module):
             outputs["stem"] = x
         checkpointing = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         for name, stage in zip(self.stage_names, self._stages):
-            x = checkpoint(stage, x, use_reentrant=False) if checkpointing else stage(x)
+            if not (checkpointing and name in self.checkpoint_stages):
+                x = stage(x)
+            elif self.checkpoint_per_block:
+                for block in stage:
+                    x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = checkpoint(stage, x, use_reentrant=False)
             if name in self._out_features:
                 outputs[name] = self.feature_norms[name](x) if self.feature_norms is not None else x
         if self.num_classes is not None:
