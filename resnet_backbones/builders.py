@@ -1,12 +1,28 @@
 """Translate a config (detectron2 key names) into keyword arguments of the core builders.
 
-Both engines build their backbone through these functions, so the same yaml gives the same body.
+Both engines build their backbone through these functions, so the same yaml gives the same body, and
+evaluate through :func:`inference_model` / :func:`inference_dtype`, so the inference keys mean the same.
 """
-from typing import Any, Dict
+import copy
+from typing import Any, Dict, Optional
 
-from .modeling import FPN, ResNet, build_resnet, build_resnet_fpn, set_activation_checkpointing, to_channels_last
+import torch
+from torch import nn
 
-__all__ = ["resnet_kwargs_from_cfg", "build_body_from_cfg", "build_fpn_from_cfg"]
+from .modeling import (
+    FPN,
+    FrozenBatchNorm2d,
+    ResNet,
+    build_resnet,
+    build_resnet_fpn,
+    optimize_for_inference,
+    set_activation_checkpointing,
+    to_channels_last,
+)
+from .solver import amp_dtype
+
+__all__ = ["resnet_kwargs_from_cfg", "build_body_from_cfg", "build_fpn_from_cfg", "inference_model",
+           "inference_dtype", "AutocastInference"]
 
 
 def resnet_kwargs_from_cfg(cfg, in_channels: int = 3) -> Dict[str, Any]:
@@ -63,3 +79,35 @@ def build_fpn_from_cfg(cfg, in_channels: int = 3, fpn_class=FPN) -> FPN:
         body_class=getattr(fpn_class, "body_class", ResNet),
         **resnet_kwargs_from_cfg(cfg, in_channels),
     ))
+
+
+def inference_model(cfg, model: nn.Module) -> nn.Module:
+    """The model evaluation runs: ``model``, or with MODEL.RESNET_BACKBONES.OPTIMIZE_FOR_INFERENCE an
+    eval-mode copy whose backbone has every batch norm folded into its conv and channels_last weights
+    (an eval-mode BatchNorm/SyncBN is the frozen affine map of its running statistics, so converting it
+    to FrozenBatchNorm2d first is exact)."""
+    if not cfg.MODEL.RESNET_BACKBONES.OPTIMIZE_FOR_INFERENCE:
+        return model
+    model = copy.deepcopy(model).eval()
+    FrozenBatchNorm2d.convert_frozen_batchnorm(model.backbone)
+    optimize_for_inference(model.backbone)
+    return model
+
+
+def inference_dtype(cfg, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype of MODEL.RESNET_BACKBONES.INFERENCE_AMP on ``device``, or None for FP32."""
+    if not cfg.MODEL.RESNET_BACKBONES.INFERENCE_AMP:
+        return None
+    return amp_dtype(device, "MODEL.RESNET_BACKBONES.INFERENCE_AMP", "inference")
+
+
+class AutocastInference(nn.Module):
+    """``model`` called under autocast with ``dtype`` (for evaluation loops that take a plain module)."""
+
+    def __init__(self, model: nn.Module, device_type: str, dtype: torch.dtype):
+        super().__init__()
+        self.model, self.device_type, self.dtype = model, device_type, dtype
+
+    def forward(self, *args, **kwargs):
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            return self.model(*args, **kwargs)

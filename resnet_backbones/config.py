@@ -207,6 +207,12 @@ def add_resnet_backbones_config(cfg) -> None:
     LOG_PERIOD: iterations between progress lines / metrics.json records.
     ACTIVATION_CHECKPOINTING: recompute each backbone stage in backward (less memory, more time).
     CHANNELS_LAST: run the backbone in channels_last memory format.
+    OPTIMIZE_FOR_INFERENCE: evaluation (torchvision engine) runs a copy of the model whose backbone has
+        its batch norms (eval-mode BN, SyncBN, FrozenBN) folded into the convs and channels_last weights
+        (``modeling.optimize_for_inference``); the training model is untouched. Off by default: the
+        numbers change by float rounding (AP within 0.1, README "Performance").
+    INFERENCE_AMP: evaluation under autocast: bf16 on a CPU with native bf16 (else FP32, logged), fp16
+        on CUDA. Off by default: it changes the numbers (README "Performance").
     DIVERGENCE_THRESHOLD: stop training (an error naming the iteration, the losses, the fix and the
         last checkpoint; no checkpoint of the diverged state is written) when, at iteration >=
         SOLVER.WARMUP_ITERS, the total loss exceeds this factor times the median of the last 100 total
@@ -222,6 +228,8 @@ def add_resnet_backbones_config(cfg) -> None:
     cfg.MODEL.RESNET_BACKBONES.LOG_PERIOD = 20
     cfg.MODEL.RESNET_BACKBONES.ACTIVATION_CHECKPOINTING = False
     cfg.MODEL.RESNET_BACKBONES.CHANNELS_LAST = False
+    cfg.MODEL.RESNET_BACKBONES.OPTIMIZE_FOR_INFERENCE = False
+    cfg.MODEL.RESNET_BACKBONES.INFERENCE_AMP = False
     cfg.MODEL.RESNET_BACKBONES.DIVERGENCE_THRESHOLD = 20.0
 
 

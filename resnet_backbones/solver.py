@@ -251,12 +251,14 @@ def cpu_supports_bf16() -> bool:
         return False
 
 
-def amp_dtype(device: torch.device) -> Optional[torch.dtype]:
-    """The autocast dtype for SOLVER.AMP.ENABLED on ``device``, or None for FP32.
+def amp_dtype(device: torch.device, setting: str = "SOLVER.AMP.ENABLED", purpose: str = "training"
+              ) -> Optional[torch.dtype]:
+    """The autocast dtype for ``setting`` (SOLVER.AMP.ENABLED, or the inference one) on ``device``, or
+    None for FP32.
 
-    CUDA: float16 (with a gradient scaler, as detectron2's AMPTrainer). CPU: bfloat16 where the CPU
-    supports it natively (:func:`cpu_supports_bf16`), else None with a warning saying why. Other
-    devices: None with a warning.
+    CUDA: float16 (with a gradient scaler in training, as detectron2's AMPTrainer). CPU: bfloat16 where
+    the CPU supports it natively (:func:`cpu_supports_bf16`), else None with a warning saying why.
+    Other devices: None with a warning.
     """
     device = torch.device(device)
     if device.type == "cuda":
@@ -264,8 +266,9 @@ def amp_dtype(device: torch.device) -> Optional[torch.dtype]:
     if device.type == "cpu":
         if cpu_supports_bf16():
             return torch.bfloat16
-        logger.warning("SOLVER.AMP.ENABLED: this CPU has no native bf16 support in oneDNN "
-                       "(torch.ops.mkldnn._is_mkldnn_bf16_supported() is False); training in FP32")
+        logger.warning("%s: this CPU has no native bf16 support in oneDNN "
+                       "(torch.ops.mkldnn._is_mkldnn_bf16_supported() is False; emulated bf16 is slower than "
+                       "FP32); %s in FP32", setting, purpose)
         return None
-    logger.warning("SOLVER.AMP.ENABLED: no mixed precision on device %s; training in FP32", device)
+    logger.warning("%s: no mixed precision on device %s; %s in FP32", setting, device, purpose)
     return None

@@ -158,3 +158,59 @@ def test_compiled_inference_matches(image):
         assert (ref[k] - out[k]).abs().max() <= 1e-4, k
         cos = F.cosine_similarity(ref[k].flatten(), out16[k].float().flatten(), dim=0).item()
         assert cos >= 0.999, (k, cos)
+
+
+def test_inference_model_folds_every_batch_norm_in_a_copy(caplog):
+    """MODEL.RESNET_BACKBONES.OPTIMIZE_FOR_INFERENCE: evaluation runs a copy whose backbone has its
+    (eval-mode, trainable) BatchNorms folded into the convs and channels_last weights; same features."""
+    from resnet_backbones.builders import inference_dtype, inference_model
+    from resnet_backbones.config import load_config
+    from resnet_backbones.tv.model import build_model
+
+    cfg = load_config("quick_schedules/faster_rcnn_R18_synthetic.yaml", [], use_detectron2=False)
+    cfg.defrost()
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    for m in model.backbone.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):  # trained-looking statistics
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.2, 0.6)
+    model.eval()
+    assert inference_model(cfg, model) is model  # off by default
+    cfg.MODEL.RESNET_BACKBONES.OPTIMIZE_FOR_INFERENCE = True
+    runner = inference_model(cfg, model)
+    assert runner is not model and not runner.training
+    bns = [m for m in runner.backbone.modules() if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.SyncBatchNorm))]
+    assert bns == [] and all(getattr(m, "norm", None) is None for m in runner.backbone.modules()
+                             if isinstance(m, torch.nn.Conv2d))
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in runner.backbone.parameters() if p.dim() == 4)
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.backbone.modules()) == 20  # the original is untouched
+    x = torch.randn(1, 3, 128, 160)
+    with torch.no_grad():
+        ref, out = model.backbone(x), runner.backbone(x)
+    for k in ref:
+        assert (ref[k] - out[k]).abs().max() <= 1e-4 * ref[k].abs().max(), k
+
+    assert inference_dtype(cfg, torch.device("cpu")) is None  # INFERENCE_AMP off by default
+    cfg.MODEL.RESNET_BACKBONES.INFERENCE_AMP = True
+    import resnet_backbones.solver as solver
+
+    native = solver.cpu_supports_bf16()
+    assert inference_dtype(cfg, torch.device("cpu")) == (torch.bfloat16 if native else None)
+    assert inference_dtype(cfg, torch.device("cuda")) == torch.float16
+
+
+def test_inference_amp_is_fp32_without_native_bf16(monkeypatch, caplog):
+    from resnet_backbones.builders import inference_dtype
+    from resnet_backbones.config import load_config
+
+    import resnet_backbones.solver as solver
+
+    monkeypatch.setattr(solver, "cpu_supports_bf16", lambda: False)
+    cfg = load_config("quick_schedules/faster_rcnn_R18_synthetic.yaml", ["MODEL.RESNET_BACKBONES.INFERENCE_AMP", "True"],
+                      use_detectron2=False)
+    with caplog.at_level("WARNING"):
+        assert inference_dtype(cfg, torch.device("cpu")) is None
+    assert "MODEL.RESNET_BACKBONES.INFERENCE_AMP: this CPU has no native bf16" in caplog.text
+    assert "inference in FP32" in caplog.text

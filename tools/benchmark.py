@@ -22,7 +22,8 @@ Backbone variants (modes inference "inf" and train = forward + backward of the b
   ours-ckpt          train: activation checkpointing of every stage
   ours-ckpt-res34    train: activation checkpointing per block, res3 and res4 only
 Detector variants (mode detector: one Faster R-CNN SGD step, synthetic batch, both engines built from
-the same yaml, ``--detector-config``): d2-engine, d2-engine-amp, tv-engine, tv-engine-amp.
+the same yaml, ``--detector-config``): d2-engine, d2-engine-amp, tv-engine, tv-engine-amp (AMP and
+MODEL.RESNET_BACKBONES.CHANNELS_LAST).
 
 Autocast ("amp") is fp16 on CUDA and bf16 on a CPU. A CPU without native bf16 (oneDNN's
 ``_is_mkldnn_bf16_supported()`` False) emulates it, hundreds of times slower than FP32: amp rows are
@@ -253,6 +254,8 @@ def _detector_step(variant: str, depth: int, size, batch: int, device, config: s
     else:
         from resnet_backbones.tv.model import build_model as tv_build
 
+        if amp:  # the torchvision engine's fast options: AMP and a channels_last backbone
+            overrides += ["MODEL.RESNET_BACKBONES.CHANNELS_LAST", "True"]
         cfg = load_config(config, overrides, use_detectron2=False)
         model = tv_build(cfg).to(device).train()
         targets = [{"boxes": boxes.to(device), "labels": torch.tensor([2, 3, 4], device=device)} for _ in images]
@@ -322,7 +325,7 @@ def describe(variant: str, mode: str, device, native_bf16: bool) -> tuple:
     dtype = f"{half} autocast" if amp else full
     if mode == "detector":
         engine = "detectron2 engine" if variant.startswith("d2") else "torchvision engine"
-        return engine, dtype, "NCHW", "no"
+        return engine, dtype, "NHWC backbone" if variant == "tv-engine-amp" else "NCHW", "no"
     fmt = "NHWC" if variant.startswith(("ours-opt", "ours-compiled")) else "NCHW"
     compiled = "yes" if variant.startswith("ours-compiled") else "no"
     return VARIANTS[variant][1], dtype, fmt, compiled

@@ -1,16 +1,19 @@
-"""``roi_align``: torchvision's kernels, run on every CPU thread.
+"""``roi_align``: torchvision's op, with its CPU backward run on every CPU thread.
 
-torchvision's CPU RoIAlign kernels are serial loops over the ROIs (forward) and over every output
-element and each of its bilinear samples (backward). On the quick schedules the backward alone was 26 %
-(FP32) to 38 % (bf16) of a training iteration, ~120 ms per call on one core while the others waited.
-Channels are independent in RoIAlign (channel c of the output, and of the input gradient, depends on
-channel c alone), so this module runs the same kernels on ``torch.get_num_threads()`` channel slices in
-parallel threads (the ops release the GIL) and concatenates the slices: bit-identical to torchvision's
-op, forward and backward (tests/test_parity.py), 1.85x faster on 2 cores. As torchvision's autocast
-wrapper does, the kernels run in float32 under autocast and the output takes the input's dtype.
+torchvision's CPU ``_roi_align_backward`` is one serial loop over every output element and each of its
+bilinear samples. On the quick schedules it was 26 % (FP32) to 38 % (bf16) of a training iteration,
+~120 ms per call on one core while the others waited. Channels are independent in RoIAlign (channel c
+of the input gradient depends on channel c of the output gradient alone), so this backward runs the
+same kernel on ``torch.get_num_threads()`` channel slices in parallel threads (the op releases the GIL)
+and concatenates them: bit-identical to torchvision's backward (tests/test_parity.py), 1.9x faster on 2
+cores. As torchvision's autocast wrapper does, the kernel runs in float32 under autocast.
 
-Used by :class:`~resnet_backbones.tv.parity.MultiLevelRoIAlign` on CPU tensors; CUDA tensors go to
-torchvision's op, whose kernels are already parallel.
+The forward pass is torchvision's op, unchanged: its CPU kernel computes each ROI's bilinear weights once
+and reuses them across channels, so channel slices would repeat that work (measured: no gain), and the
+extra threads' OpenMP teams slowed the convolutions around it by up to a third in inference.
+
+Used by :class:`~resnet_backbones.tv.parity.MultiLevelRoIAlign`; CUDA tensors and calls without a
+gradient go straight to torchvision's op, whose CUDA kernels are already parallel.
 """
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Optional
@@ -42,16 +45,13 @@ def _over_channels(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) 
 class _RoIAlign(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input, rois, output_size, spatial_scale, sampling_ratio, aligned):
-        if torch.is_autocast_enabled("cpu") and input.dtype != torch.float64:
-            x, rois = input.float(), rois.float()
-        else:
-            x = input
-        out_h, out_w = output_size
-        ctx.save_for_backward(rois)
-        ctx.args = (input.shape, input.dtype, x.dtype, spatial_scale, output_size, sampling_ratio, aligned,
+        # The dtype torchvision's kernel runs in: float32 under autocast (its autocast wrapper casts).
+        compute_dtype = torch.float32 if torch.is_autocast_enabled("cpu") and input.dtype != torch.float64 \
+            else input.dtype
+        ctx.save_for_backward(rois.to(compute_dtype))
+        ctx.args = (input.shape, input.dtype, compute_dtype, spatial_scale, output_size, sampling_ratio, aligned,
                     input.is_contiguous(memory_format=torch.channels_last))
-        return _over_channels(lambda part: torch.ops.torchvision.roi_align(
-            part, rois, spatial_scale, out_h, out_w, sampling_ratio, aligned), x).to(input.dtype)
+        return tv_roi_align(input, rois, output_size, spatial_scale, sampling_ratio, aligned)
 
     @staticmethod
     def backward(ctx, grad):
@@ -67,9 +67,10 @@ class _RoIAlign(torch.autograd.Function):
 
 def roi_align(input: torch.Tensor, rois: torch.Tensor, output_size, spatial_scale: float = 1.0,
               sampling_ratio: int = -1, aligned: bool = False) -> torch.Tensor:
-    """``torchvision.ops.roi_align`` (``rois`` a (K, 5) tensor of batch index, x1, y1, x2, y2), run on
-    all CPU threads for CPU tensors."""
-    if input.device.type != "cpu" or input.dim() != 4 or not torch.is_tensor(rois):
+    """``torchvision.ops.roi_align`` (``rois`` a (K, 5) tensor of batch index, x1, y1, x2, y2) whose
+    backward runs on all CPU threads for CPU tensors that need a gradient."""
+    if input.device.type != "cpu" or not (torch.is_grad_enabled() and input.requires_grad) or input.dim() != 4 \
+            or not torch.is_tensor(rois):
         return tv_roi_align(input, rois, output_size, spatial_scale, sampling_ratio, aligned)
     if isinstance(output_size, int):
         output_size = (output_size, output_size)
