@@ -53,7 +53,10 @@ def resnet_kwargs_from_cfg(cfg, in_channels: int = 3) -> Dict[str, Any]:
 
 def _apply_speed_options(cfg, model):
     if cfg.MODEL.RESNET_BACKBONES.ACTIVATION_CHECKPOINTING:
-        set_activation_checkpointing(model)
+        try:
+            set_activation_checkpointing(model, stages=list(cfg.MODEL.RESNET_BACKBONES.ACTIVATION_CHECKPOINTING_STAGES))
+        except ValueError as e:
+            raise ValueError(f"MODEL.RESNET_BACKBONES.ACTIVATION_CHECKPOINTING_STAGES: {e}") from None
     if cfg.MODEL.RESNET_BACKBONES.CHANNELS_LAST:
         to_channels_last(model)
     return model

@@ -214,3 +214,24 @@ def test_inference_amp_is_fp32_without_native_bf16(monkeypatch, caplog):
         assert inference_dtype(cfg, torch.device("cpu")) is None
     assert "MODEL.RESNET_BACKBONES.INFERENCE_AMP: this CPU has no native bf16" in caplog.text
     assert "inference in FP32" in caplog.text
+
+
+def test_activation_checkpointing_config_keys():
+    from resnet_backbones.builders import build_fpn_from_cfg
+    from resnet_backbones.config import load_config
+    from resnet_backbones.modeling import ResNet
+
+    def body(*overrides):
+        cfg = load_config("faster_rcnn_R50.yaml", ["MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64",
+                                                   *overrides], use_detectron2=False)
+        return next(m for m in build_fpn_from_cfg(cfg).modules() if isinstance(m, ResNet))
+
+    assert not body().activation_checkpointing
+    on = body("MODEL.RESNET_BACKBONES.ACTIVATION_CHECKPOINTING", "True")
+    assert on.activation_checkpointing and on.checkpoint_stages == ("res3", "res4") and not on.checkpoint_per_block
+    every = body("MODEL.RESNET_BACKBONES.ACTIVATION_CHECKPOINTING", "True",
+                 "MODEL.RESNET_BACKBONES.ACTIVATION_CHECKPOINTING_STAGES", "['res2', 'res3', 'res4', 'res5']")
+    assert every.checkpoint_stages == ("res2", "res3", "res4", "res5")
+    with pytest.raises(ValueError, match="ACTIVATION_CHECKPOINTING_STAGES: .*unknown stages.*'res6'"):
+        body("MODEL.RESNET_BACKBONES.ACTIVATION_CHECKPOINTING", "True",
+             "MODEL.RESNET_BACKBONES.ACTIVATION_CHECKPOINTING_STAGES", "['res6']")

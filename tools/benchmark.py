@@ -20,10 +20,14 @@ Backbone variants (modes inference "inf" and train = forward + backward of the b
   ours-opt-amp       ours-opt under autocast
   ours-compiled(-amp)  inference: ours-opt + torch.compile with inductor freezing (compiled in warm-up)
   ours-ckpt          train: activation checkpointing of every stage
-  ours-ckpt-res34    train: activation checkpointing per block, res3 and res4 only
+  ours-ckpt-res34    train: activation checkpointing of res3 and res4 only
 Detector variants (mode detector: one Faster R-CNN SGD step, synthetic batch, both engines built from
 the same yaml, ``--detector-config``): d2-engine, d2-engine-amp, tv-engine, tv-engine-amp (AMP and
 MODEL.RESNET_BACKBONES.CHANNELS_LAST).
+Evaluation variants (mode detector-eval: what --eval-only does per image, ``--batch`` images one at a time
+through the whole detector in eval mode, same yaml): d2-engine, tv-engine (FP32), tv-engine-opt
+(MODEL.RESNET_BACKBONES.OPTIMIZE_FOR_INFERENCE: batch norms folded, channels_last), tv-engine-opt-amp and
+d2-engine-opt-amp (+ MODEL.RESNET_BACKBONES.INFERENCE_AMP).
 
 Autocast ("amp") is fp16 on CUDA and bf16 on a CPU. A CPU without native bf16 (oneDNN's
 ``_is_mkldnn_bf16_supported()`` False) emulates it, hundreds of times slower than FP32: amp rows are
@@ -32,7 +36,9 @@ of any peak. On CUDA, FP32 rows run cuDNN's default TF32 convolutions and are co
 matmul peak.
 
 Each measurement runs in a fresh process, so peak memory is its own: CUDA max_memory_allocated, or on
-CPU the growth of the peak resident set over the built model. The ratio column is the reference's
+CPU the growth of the peak resident set over the built model (allocator caching makes it noisy). In
+train mode "saved for backward" counts the tensors autograd keeps after the forward pass (the
+activation memory; deterministic). The ratio column is the reference's
 median time over the variant's (>1 = faster): detectron2's FP32 backbone when importable, else
 torchvision's; for the detector mode the detectron2 engine's FP32 step (else the torchvision engine's).
 """
@@ -61,10 +67,11 @@ VARIANTS = {
     "ours-compiled": ("inference", "ours-opt + compile_for_inference"),
     "ours-compiled-amp": ("inference", "ours-opt + compile_for_inference"),
     "ours-ckpt": ("train", "build_resnet_fpn + activation checkpointing, every stage"),
-    "ours-ckpt-res34": ("train", "build_resnet_fpn + activation checkpointing per block, res3-res4"),
+    "ours-ckpt-res34": ("train", "build_resnet_fpn + activation checkpointing, res3 and res4"),
 }
 DETECTOR_VARIANTS = ("d2-engine", "d2-engine-amp", "tv-engine", "tv-engine-amp")
-MODES = ("inference", "train", "detector")
+EVAL_VARIANTS = ("d2-engine", "tv-engine", "tv-engine-opt", "tv-engine-opt-amp", "d2-engine-opt-amp")
+MODES = ("inference", "train", "detector", "detector-eval")
 
 
 def _rss_bytes() -> int:
@@ -111,7 +118,8 @@ def build_backbone(variant: str, depth: int, stride_in_1x1: bool):
 
         cfg = load_config("faster_rcnn_R50.yaml", ["MODEL.RESNETS.DEPTH", str(depth), "MODEL.WEIGHTS", "",
                                                    "MODEL.RESNETS.STRIDE_IN_1X1", str(stride_in_1x1),
-                                                   "MODEL.RESNETS.NORM", "FrozenBN", "MODEL.BACKBONE.FREEZE_AT", "2"],
+                                                   "MODEL.RESNETS.NORM", "FrozenBN", "MODEL.BACKBONE.FREEZE_AT", "2",
+                                                   "MODEL.RESNETS.RES2_OUT_CHANNELS", "64" if depth < 50 else "256"],
                           use_detectron2=True)
         return build_resnet_fpn_backbone(cfg, ShapeSpec(channels=3))
     if variant == "torchvision":
@@ -128,8 +136,27 @@ def build_backbone(variant: str, depth: int, stride_in_1x1: bool):
     if variant == "ours-ckpt":
         set_activation_checkpointing(model)
     if variant == "ours-ckpt-res34":
-        set_activation_checkpointing(model, stages=("res3", "res4"), per_block=True)
+        set_activation_checkpointing(model, stages=("res3", "res4"))
     return model
+
+
+def saved_activations_mb(model, x, autocast) -> float:
+    """MB of tensors autograd keeps for backward after one forward pass (each storage once; parameters and
+    buffers excluded): the activation memory a training step holds at its peak, free of allocator noise.
+    Inside a checkpointed region checkpointing's own hooks take over, so what it recomputes is not counted."""
+    own = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
+    seen = {}
+
+    def pack(t):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in own:
+            seen[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast:
+        out = model(x)
+    del out
+    return sum(seen.values()) / 2**20
 
 
 def count_gflop(model, x) -> float:
@@ -158,8 +185,11 @@ def measure(variant: str, mode: str, depth: int, size, batch: int, device_name: 
         torch.manual_seed(0)
         gflop = float("nan")
         first_loss = []
+        saved_mb = float("nan")
         if mode == "detector":
             step, n_params, first_loss = _detector_step(variant, depth, size, batch, device, detector_config)
+        elif mode == "detector-eval":
+            step, n_params = _detector_eval(variant, depth, size, batch, device, detector_config)
         else:
             model = build_backbone(variant, depth, stride_in_1x1)
             x = torch.randn(batch, 3, *size) * 50
@@ -185,6 +215,8 @@ def measure(variant: str, mode: str, depth: int, size, batch: int, device_name: 
                 x = x.contiguous(memory_format=torch.channels_last)
             n_params = sum(p.numel() for p in model.parameters())
             params = [p for p in model.parameters() if p.requires_grad]
+            if mode == "train":
+                saved_mb = saved_activations_mb(model, x, autocast)
 
             def step():
                 if mode == "inference":
@@ -218,29 +250,55 @@ def measure(variant: str, mode: str, depth: int, size, batch: int, device_name: 
         else:
             peak = _peak_rss_bytes() - base_rss
         queue.put({"median_s": statistics.median(times), "times": times, "peak_mb": max(peak, 0) / 2**20,
-                   "params": n_params, "gflop": gflop, **({"first_loss": first_loss[0]} if first_loss else {})})
+                   "params": n_params, "gflop": gflop, "saved_mb": saved_mb, **({"first_loss": first_loss[0]} if first_loss else {})})
     except Exception as e:  # reported in the table instead of killing the whole run
         queue.put({"error": f"{type(e).__name__}: {e}"})
 
 
-def _detector_step(variant: str, depth: int, size, batch: int, device, config: str):
-    """One Faster R-CNN SGD step on a synthetic batch (3 boxes per image) for an engine, from ``config``."""
+def _build_detector(engine: str, depth: int, device, config: str, overrides):
+    """(model, cfg) of ``config`` on an engine ("d2" or "tv"), random weights with trained-looking FrozenBN
+    statistics (with identity statistics a random-init R50 produces huge activations and detectron2
+    stops on non-finite predictions)."""
     from resnet_backbones.config import load_config
 
-    amp = variant.endswith("-amp")
-    overrides = ["MODEL.RESNETS.DEPTH", str(depth), "MODEL.WEIGHTS", "", "MODEL.DEVICE", device.type,
-                 "INPUT.MIN_SIZE_TRAIN", f"({min(size)},)", "INPUT.MAX_SIZE_TRAIN", str(max(size))]
-    boxes = torch.tensor([[50.0, 60.0, 300.0, 400.0], [400.0, 100.0, 700.0, 500.0], [100.0, 500.0, 260.0, 700.0]])
-    images = [torch.rand(3, *size) * 255 for _ in range(batch)]
-    if variant.startswith("d2"):
+    overrides = ["MODEL.RESNETS.DEPTH", str(depth), "MODEL.WEIGHTS", "", "MODEL.DEVICE", device.type, *overrides]
+    if engine == "d2":
         from detectron2.modeling import build_model
-        from detectron2.structures import Boxes, Instances
-        from detectron2.utils.events import EventStorage
 
         import resnet_backbones  # noqa: F401  (registers our backbone)
 
         cfg = load_config(config, overrides, use_detectron2=True)
-        model = build_model(cfg).train()
+        model = build_model(cfg)
+    else:
+        from resnet_backbones.tv.model import build_model
+
+        cfg = load_config(config, overrides, use_detectron2=False)
+        model = build_model(cfg).to(device)
+    g = torch.Generator().manual_seed(0)
+    for name, buf in model.backbone.named_buffers():
+        if name.endswith("norm.weight"):
+            buf.copy_(torch.rand(buf.shape, generator=g) * 0.4 + 0.2)
+        elif name.endswith("norm.running_var"):
+            buf.copy_(torch.rand(buf.shape, generator=g) * 1.5 + 0.5)
+        elif name.endswith(("norm.bias", "norm.running_mean")):
+            buf.copy_(torch.rand(buf.shape, generator=g) * 0.2 - 0.1)
+    return model, cfg
+
+
+def _detector_step(variant: str, depth: int, size, batch: int, device, config: str):
+    """One Faster R-CNN SGD step on a synthetic batch (3 boxes per image) for an engine, from ``config``."""
+    amp = variant.endswith("-amp")
+    overrides = ["INPUT.MIN_SIZE_TRAIN", f"({min(size)},)", "INPUT.MAX_SIZE_TRAIN", str(max(size))]
+    if variant == "tv-engine-amp":  # the torchvision engine's fast options: AMP and a channels_last backbone
+        overrides += ["MODEL.RESNET_BACKBONES.CHANNELS_LAST", "True"]
+    boxes = torch.tensor([[50.0, 60.0, 300.0, 400.0], [400.0, 100.0, 700.0, 500.0], [100.0, 500.0, 260.0, 700.0]])
+    images = [torch.rand(3, *size) * 255 for _ in range(batch)]
+    model, _ = _build_detector(variant[:2], depth, device, config, overrides)
+    model.train()
+    if variant.startswith("d2"):
+        from detectron2.structures import Boxes, Instances
+        from detectron2.utils.events import EventStorage
+
         inputs = []
         for im in images:
             inst = Instances(tuple(size))
@@ -252,27 +310,11 @@ def _detector_step(variant: str, depth: int, size, batch: int, device, config: s
             with EventStorage():  # detectron2's heads log into the current storage
                 return model(inputs)
     else:
-        from resnet_backbones.tv.model import build_model as tv_build
-
-        if amp:  # the torchvision engine's fast options: AMP and a channels_last backbone
-            overrides += ["MODEL.RESNET_BACKBONES.CHANNELS_LAST", "True"]
-        cfg = load_config(config, overrides, use_detectron2=False)
-        model = tv_build(cfg).to(device).train()
         targets = [{"boxes": boxes.to(device), "labels": torch.tensor([2, 3, 4], device=device)} for _ in images]
 
         def forward():
             return model(images, targets)
 
-    # Trained-looking FrozenBN statistics: with identity statistics a random-init R50 produces huge
-    # activations and detectron2 stops on non-finite predictions.
-    g = torch.Generator().manual_seed(0)
-    for name, buf in model.backbone.named_buffers():
-        if name.endswith("norm.weight"):
-            buf.copy_(torch.rand(buf.shape, generator=g) * 0.4 + 0.2)
-        elif name.endswith("norm.running_var"):
-            buf.copy_(torch.rand(buf.shape, generator=g) * 1.5 + 0.5)
-        elif name.endswith(("norm.bias", "norm.running_mean")):
-            buf.copy_(torch.rand(buf.shape, generator=g) * 0.2 - 0.1)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=1e-4, momentum=0.9)
     scaler = torch.amp.GradScaler(device.type, enabled=amp and device.type == "cuda")
@@ -291,6 +333,35 @@ def _detector_step(variant: str, depth: int, size, batch: int, device, config: s
         scaler.update()
 
     return step, sum(p.numel() for p in model.parameters()), first_loss
+
+
+def _detector_eval(variant: str, depth: int, size, batch: int, device, config: str):
+    """What --eval-only does per image, for ``batch`` images one at a time: preprocessing, backbone, RPN,
+    box head and postprocessing, with the config's inference keys (as both engines' evaluation applies
+    them: :func:`resnet_backbones.builders.inference_model` / ``inference_dtype``)."""
+    from resnet_backbones.builders import AutocastInference, inference_dtype, inference_model
+
+    overrides = ["INPUT.MIN_SIZE_TEST", str(min(size)), "INPUT.MAX_SIZE_TEST", str(max(size))]
+    if "-opt" in variant:
+        overrides += ["MODEL.RESNET_BACKBONES.OPTIMIZE_FOR_INFERENCE", "True"]
+    if variant.endswith("-amp"):
+        overrides += ["MODEL.RESNET_BACKBONES.INFERENCE_AMP", "True"]
+    model, cfg = _build_detector(variant[:2], depth, device, config, overrides)
+    model.eval()
+    runner = inference_model(cfg, model)
+    dtype = inference_dtype(cfg, device)
+    if dtype is not None:
+        runner = AutocastInference(runner, device.type, dtype)
+    images = [(torch.rand(3, *size) * 255).to(device) for _ in range(batch)]
+    inputs = [[{"image": im, "height": size[0], "width": size[1]}] if variant.startswith("d2") else [im]
+              for im in images]
+
+    def step():
+        with torch.no_grad():
+            for x in inputs:
+                runner(x)
+
+    return step, sum(p.numel() for p in model.parameters())
 
 
 def matmul_peak(device, dtype, n=2048, repeats=5) -> float:
@@ -323,9 +394,12 @@ def describe(variant: str, mode: str, device, native_bf16: bool) -> tuple:
     half = "fp16" if device.type == "cuda" else ("bf16" if native_bf16 else "bf16 (emulated)")
     full = "fp32 (TF32 convs)" if device.type == "cuda" else "fp32"
     dtype = f"{half} autocast" if amp else full
-    if mode == "detector":
+    if mode.startswith("detector"):
         engine = "detectron2 engine" if variant.startswith("d2") else "torchvision engine"
-        return engine, dtype, "NHWC backbone" if variant == "tv-engine-amp" else "NCHW", "no"
+        if "-opt" in variant:
+            engine += ", OPTIMIZE_FOR_INFERENCE"
+        nhwc = variant == "tv-engine-amp" and mode == "detector" or "-opt" in variant
+        return engine, dtype, "NHWC backbone" if nhwc else "NCHW", "no"
     fmt = "NHWC" if variant.startswith(("ours-opt", "ours-compiled")) else "NCHW"
     compiled = "yes" if variant.startswith("ours-compiled") else "no"
     return VARIANTS[variant][1], dtype, fmt, compiled
@@ -344,6 +418,7 @@ def main(argv=None) -> int:
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
                    help="backbone variants (inference and train modes)")
     p.add_argument("--detector-variants", nargs="+", default=list(DETECTOR_VARIANTS), choices=DETECTOR_VARIANTS)
+    p.add_argument("--eval-variants", nargs="+", default=list(EVAL_VARIANTS), choices=EVAL_VARIANTS)
     p.add_argument("--detector-config", default="faster_rcnn_R50.yaml",
                    help="the yaml both engines build in the detector mode (MODEL.RESNETS.DEPTH from --depths)")
     p.add_argument("--stride-in-1x1", action="store_true",
@@ -370,6 +445,7 @@ def main(argv=None) -> int:
 
     variants = [v for v in args.variants if wanted(v)]
     detector_variants = [v for v in args.detector_variants if wanted(v)]
+    eval_variants = [v for v in args.eval_variants if wanted(v)]
     reference = "d2" if have_d2 else "torchvision"
     det_reference = "d2-engine" if have_d2 else "tv-engine"
     if device.type == "cuda":
@@ -398,16 +474,16 @@ def main(argv=None) -> int:
     for depth in args.depths:
         print(f"## R{depth}-FPN\n")
         print("| mode | variant | builder | dtype | memory format | compiled | GFLOP (fwd) | median s | ratio "
-              "| GFLOP/s | % of matmul peak | peak memory MB |")
-        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+              "| GFLOP/s | % of matmul peak | peak memory MB | saved for backward MB |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for mode in args.modes:
-            names = detector_variants if mode == "detector" else \
+            names = detector_variants if mode == "detector" else eval_variants if mode == "detector-eval" else \
                 [v for v in variants if mode in VARIANTS[v][0].split()]
             results = {}
             for v in names:
                 results[v] = run_isolated(v, mode, depth, tuple(args.size), args.batch, args.device, args.repeats,
                                           args.warmup, args.threads, args.stride_in_1x1, args.detector_config)
-            ref = results.get(det_reference if mode == "detector" else reference, {}).get("median_s")
+            ref = results.get(det_reference if mode.startswith("detector") else reference, {}).get("median_s")
             for v, r in results.items():
                 records.append({"depth": depth, "mode": mode, "variant": v,
                                 **dict(zip(("builder", "dtype", "memory_format", "compiled"),
@@ -415,11 +491,13 @@ def main(argv=None) -> int:
                 builder, dtype, fmt, compiled = describe(v, mode, device, native_bf16)
                 if "error" in r:
                     print(f"| {mode} | {v} | {builder} | {dtype} | {fmt} | {compiled} | error: {r['error']} "
-                          "| | | | | |")
+                          "| | | | | | |")
                     continue
                 ratio = f"{ref / r['median_s']:.2f}" if ref else "n/a"
                 gflop = r["gflop"]
-                if mode == "detector":
+                if mode == "detector-eval":
+                    rate_s, share, gflop_s = f"{args.batch / r['median_s']:.2f} img/s", "", ""
+                elif mode == "detector":
                     rate_s = share = ""
                     gflop_s = f"first loss {r['first_loss']:.4f}"
                 else:
@@ -430,7 +508,8 @@ def main(argv=None) -> int:
                     share = f"{100 * rate / peak:.0f}%" if peak else ""
                     gflop_s = f"{gflop:.1f}"
                 print(f"| {mode} | {v} | {builder} | {dtype} | {fmt} | {compiled} | {gflop_s} | "
-                      f"{r['median_s']:.3f} | {ratio} | {rate_s} | {share} | {r['peak_mb']:.0f} |", flush=True)
+                      f"{r['median_s']:.3f} | {ratio} | {rate_s} | {share} | {r['peak_mb']:.0f} | "
+                      f"{'' if r['saved_mb'] != r['saved_mb'] else round(r['saved_mb'])} |", flush=True)
         print()
     if args.json:
         with open(args.json, "w") as f:

@@ -6,8 +6,8 @@
   it off (detectron2's rounding, for an A/B measurement).
 - :func:`to_channels_last`: NHWC memory format for weights (feed NHWC inputs too), which oneDNN and
   cuDNN convolutions run faster.
-- :func:`set_activation_checkpointing`: recompute each stage's activations in backward instead of
-  storing them (training memory for time).
+- :func:`set_activation_checkpointing`: recompute stage (or block) activations in backward instead
+  of storing them (training memory for time), for all stages or a chosen few.
 - bf16/fp16: wrap the call in ``torch.autocast`` (see README "Performance"); ``torch.compile`` works
   with ``fullgraph=True`` (no graph break).
 """
@@ -19,8 +19,8 @@ from torch import nn
 from .norm import FrozenBatchNorm2d
 from .resnet import Conv2d, ResNet
 
-__all__ = ["fold_frozen_batchnorm", "set_frozen_bn_folding", "to_channels_last", "set_activation_checkpointing", "optimize_for_inference",
-           "compile_for_inference"]
+__all__ = ["fold_frozen_batchnorm", "set_frozen_bn_folding", "to_channels_last", "set_activation_checkpointing",
+           "optimize_for_inference", "compile_for_inference"]
 
 
 @torch.no_grad()
