@@ -24,9 +24,9 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
-from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, roi_align
+from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image
 
-from .roi_align import roi_align as roi_align_fast_cpu_backward
+from .roi_align import roi_align  # torchvision's, with its CPU backward on every thread
 
 __all__ = [
     "Detectron2AnchorGenerator",
@@ -252,7 +252,7 @@ class MultiLevelRoIAlign(nn.Module):
         x = [features[n] for n in self.featmap_names]
         rois = torch.cat([torch.cat([torch.full_like(b[:, :1], i), b], dim=1) for i, b in enumerate(boxes)])
         if len(x) == 1:
-            return roi_align_fast_cpu_backward(x[0], rois.to(x[0].dtype), self.output_size, self.scales[0], self.sampling_ratio,
+            return roi_align(x[0], rois.to(x[0].dtype), self.output_size, self.scales[0], self.sampling_ratio,
                              self.aligned)
         sizes = ((rois[:, 3] - rois[:, 1]) * (rois[:, 4] - rois[:, 2])).sqrt()
         level = torch.floor(self.canonical_level + torch.log2(sizes / self.canonical_box_size + 1e-8))
@@ -261,7 +261,7 @@ class MultiLevelRoIAlign(nn.Module):
         for i, (feature, scale) in enumerate(zip(x, self.scales)):
             idx = torch.where(level == i)[0]
             if idx.numel():
-                out[idx] = roi_align_fast_cpu_backward(feature, rois[idx].to(feature.dtype), self.output_size, scale,
+                out[idx] = roi_align(feature, rois[idx].to(feature.dtype), self.output_size, scale,
                                      self.sampling_ratio, self.aligned).to(out.dtype)
         return out
 

@@ -9,8 +9,8 @@ and concatenates them: bit-identical to torchvision's backward (tests/test_parit
 cores. As torchvision's autocast wrapper does, the kernel runs in float32 under autocast.
 
 The forward pass is torchvision's op, unchanged: its CPU kernel computes each ROI's bilinear weights once
-and reuses them across channels, so channel slices would repeat that work (measured: no gain), and the
-extra threads' OpenMP teams slowed the convolutions around it by up to a third in inference.
+and reuses them across channels, so channel slices repeat that work. Measured with the forward split
+too: no gain in the kernel, and whole-detector inference got slower.
 
 Used by :class:`~resnet_backbones.tv.parity.MultiLevelRoIAlign`; CUDA tensors and calls without a
 gradient go straight to torchvision's op, whose CUDA kernels are already parallel.
