@@ -1,9 +1,10 @@
 """Translate a config (detectron2 key names) into keyword arguments of the core builders.
 
 Both engines build their backbone through these functions, so the same yaml gives the same body, and
-evaluate through :func:`inference_model` / :func:`inference_dtype`, so the inference keys mean the same.
+evaluate through :func:`inference_runner`, so the inference keys mean the same.
 """
 import copy
+import logging
 from typing import Any, Dict, Optional
 
 import torch
@@ -22,7 +23,9 @@ from .modeling import (
 from .solver import amp_dtype
 
 __all__ = ["resnet_kwargs_from_cfg", "build_body_from_cfg", "build_fpn_from_cfg", "inference_model",
-           "inference_dtype", "AutocastInference"]
+           "inference_dtype", "inference_runner", "AutocastInference"]
+
+logger = logging.getLogger("resnet_backbones")
 
 
 def resnet_kwargs_from_cfg(cfg, in_channels: int = 3) -> Dict[str, Any]:
@@ -114,3 +117,18 @@ class AutocastInference(nn.Module):
     def forward(self, *args, **kwargs):
         with torch.autocast(self.device_type, dtype=self.dtype):
             return self.model(*args, **kwargs)
+
+
+def inference_runner(cfg, model: nn.Module, device: torch.device) -> nn.Module:
+    """What evaluation calls on either engine: :func:`inference_model` under the autocast of
+    :func:`inference_dtype` (``model`` itself with the keys off). Logs what it changed."""
+    runner = inference_model(cfg, model)
+    dtype = inference_dtype(cfg, device)
+    if dtype is not None:
+        runner = AutocastInference(runner, torch.device(device).type, dtype)
+    changes = (["the backbone optimised for inference (batch norms folded, channels_last)"]
+               if cfg.MODEL.RESNET_BACKBONES.OPTIMIZE_FOR_INFERENCE else []) + \
+        ([f"{dtype} autocast"] if dtype is not None else [])
+    if changes:
+        logger.info("evaluating with %s", " and ".join(changes))
+    return runner

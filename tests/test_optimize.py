@@ -163,7 +163,7 @@ def test_compiled_inference_matches(image):
 def test_inference_model_folds_every_batch_norm_in_a_copy(caplog):
     """MODEL.RESNET_BACKBONES.OPTIMIZE_FOR_INFERENCE: evaluation runs a copy whose backbone has its
     (eval-mode, trainable) BatchNorms folded into the convs and channels_last weights; same features."""
-    from resnet_backbones.builders import inference_dtype, inference_model
+    from resnet_backbones.builders import AutocastInference, inference_dtype, inference_model, inference_runner
     from resnet_backbones.config import load_config
     from resnet_backbones.tv.model import build_model
 
@@ -178,6 +178,7 @@ def test_inference_model_folds_every_batch_norm_in_a_copy(caplog):
             m.weight.data.uniform_(0.2, 0.6)
     model.eval()
     assert inference_model(cfg, model) is model  # off by default
+    assert inference_runner(cfg, model, torch.device("cpu")) is model
     cfg.MODEL.RESNET_BACKBONES.OPTIMIZE_FOR_INFERENCE = True
     runner = inference_model(cfg, model)
     assert runner is not model and not runner.training
@@ -198,6 +199,10 @@ def test_inference_model_folds_every_batch_norm_in_a_copy(caplog):
 
     native = solver.cpu_supports_bf16()
     assert inference_dtype(cfg, torch.device("cpu")) == (torch.bfloat16 if native else None)
+    wrapped = inference_runner(cfg, model, torch.device("cpu"))
+    assert isinstance(wrapped, AutocastInference) == native
+    inner = wrapped.model if native else wrapped
+    assert inner is not model and not any(isinstance(m, torch.nn.BatchNorm2d) for m in inner.backbone.modules())
     assert inference_dtype(cfg, torch.device("cuda")) == torch.float16
 
 

@@ -338,8 +338,8 @@ def _detector_step(variant: str, depth: int, size, batch: int, device, config: s
 def _detector_eval(variant: str, depth: int, size, batch: int, device, config: str):
     """What --eval-only does per image, for ``batch`` images one at a time: preprocessing, backbone, RPN,
     box head and postprocessing, with the config's inference keys (as both engines' evaluation applies
-    them: :func:`resnet_backbones.builders.inference_model` / ``inference_dtype``)."""
-    from resnet_backbones.builders import AutocastInference, inference_dtype, inference_model
+    them: :func:`resnet_backbones.builders.inference_runner`)."""
+    from resnet_backbones.builders import inference_runner
 
     overrides = ["INPUT.MIN_SIZE_TEST", str(min(size)), "INPUT.MAX_SIZE_TEST", str(max(size))]
     if "-opt" in variant:
@@ -348,10 +348,7 @@ def _detector_eval(variant: str, depth: int, size, batch: int, device, config: s
         overrides += ["MODEL.RESNET_BACKBONES.INFERENCE_AMP", "True"]
     model, cfg = _build_detector(variant[:2], depth, device, config, overrides)
     model.eval()
-    runner = inference_model(cfg, model)
-    dtype = inference_dtype(cfg, device)
-    if dtype is not None:
-        runner = AutocastInference(runner, device.type, dtype)
+    runner = inference_runner(cfg, model, device)
     images = [(torch.rand(3, *size) * 255).to(device) for _ in range(batch)]
     inputs = [[{"image": im, "height": size[0], "width": size[1]}] if variant.startswith("d2") else [im]
               for im in images]

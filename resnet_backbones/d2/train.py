@@ -17,7 +17,7 @@ from detectron2.utils.logger import setup_logger
 
 from ..data import get_dataset, registered_datasets
 from ..guard import LossGuard, evaluation_hint
-from ..builders import AutocastInference, inference_dtype, inference_model
+from ..builders import inference_runner
 from ..solver import amp_dtype
 from .backbone import register_backbones
 from .checkpoint import ResnetBackbonesCheckpointer
@@ -153,15 +153,7 @@ class Trainer(DefaultTrainer):
     @classmethod
     def test(cls, cfg, model, evaluators=None):
         # MODEL.RESNET_BACKBONES.OPTIMIZE_FOR_INFERENCE / INFERENCE_AMP, as on the torchvision engine.
-        runner = inference_model(cfg, model)
-        dtype = inference_dtype(cfg, torch.device(cfg.MODEL.DEVICE))
-        if dtype is not None:
-            runner = AutocastInference(runner, torch.device(cfg.MODEL.DEVICE).type, dtype)
-        if runner is not model:
-            logger.info("evaluating with%s%s", " the backbone optimised for inference" if
-                        cfg.MODEL.RESNET_BACKBONES.OPTIMIZE_FOR_INFERENCE else "",
-                        f" {dtype} autocast" if dtype is not None else "")
-        results = super().test(cfg, runner, evaluators)
+        results = super().test(cfg, inference_runner(cfg, model, torch.device(cfg.MODEL.DEVICE)), evaluators)
         if comm.is_main_process() and len(cfg.DATASETS.TEST):
             # One dataset: {"bbox": {...}}; several: {name: {"bbox": {...}}} (DefaultTrainer.test).
             per_dataset = results if len(cfg.DATASETS.TEST) > 1 else {cfg.DATASETS.TEST[0]: results}

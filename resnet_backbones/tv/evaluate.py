@@ -6,7 +6,7 @@ import json
 import logging
 import os
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import numpy as np
 import torch
@@ -48,9 +48,8 @@ def _to_coco(output: Dict[str, torch.Tensor], image_id: int, category_ids: List[
 
 @torch.no_grad()
 def inference_on_dataset(model, dataset: COCOInstances, device: torch.device, *, num_workers: int = 0,
-                         log_period: int = 50, autocast_dtype: Optional[torch.dtype] = None) -> List[dict]:
-    """Run ``model`` over this rank's shard of ``dataset`` (under autocast with ``autocast_dtype``);
-    returns every rank's COCO results on rank 0."""
+                         log_period: int = 50) -> List[dict]:
+    """Run ``model`` over this rank's shard of ``dataset``; returns every rank's COCO results on rank 0."""
     loader = torch.utils.data.DataLoader(dataset, batch_size=1, sampler=InferenceSampler(len(dataset), get_rank(),
                                          get_world_size()), num_workers=num_workers, collate_fn=collate)
     was_training = model.training
@@ -59,8 +58,7 @@ def inference_on_dataset(model, dataset: COCOInstances, device: torch.device, *,
     start = time.perf_counter()
     total = len(loader)
     for i, (images, targets) in enumerate(loader):
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            outputs = model(list(images))  # the transform resizes on the CPU and moves them to the device
+        outputs = model(list(images))  # the transform resizes on the CPU and moves them to the device
         for out, target in zip(outputs, targets):
             results.extend(_to_coco(out, int(target["image_id"]), dataset.category_ids))
         if is_main_process() and ((i + 1) % log_period == 0 or i + 1 == total):

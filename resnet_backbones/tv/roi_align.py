@@ -24,16 +24,19 @@ from torchvision.ops import roi_align as tv_roi_align
 __all__ = ["roi_align"]
 
 _pool: Optional[ThreadPoolExecutor] = None
+_pool_size = 0
 
 
 def _over_channels(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """``fn(x)`` for a per-channel ``fn``, computed on channel slices of ``x`` in parallel threads."""
-    global _pool
+    global _pool, _pool_size
     n = min(torch.get_num_threads(), x.shape[1])
     if n == 1:
         return fn(x)
-    if _pool is None or _pool._max_workers != n:
-        _pool = ThreadPoolExecutor(n, thread_name_prefix="roi_align")
+    if _pool_size != n:  # first use, or torch.set_num_threads changed since
+        if _pool is not None:
+            _pool.shutdown(wait=False)
+        _pool, _pool_size = ThreadPoolExecutor(n, thread_name_prefix="roi_align"), n
 
     def run(part):
         with torch.no_grad():  # grad mode is per thread: the workers must not record a graph

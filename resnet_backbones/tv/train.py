@@ -17,7 +17,7 @@ from ..data import COCOInstances, TrainingBatchSampler, collate, get_dataset
 from ..guard import LossGuard, evaluation_hint, last_checkpoint
 from ..solver import amp_dtype, build_lr_scheduler, build_optimizer, clip_gradients_
 from .distributed import get_local_rank, get_rank, get_world_size, is_main_process, synchronize
-from ..builders import inference_dtype, inference_model
+from ..builders import inference_runner
 from .evaluate import coco_evaluate, format_table, inference_on_dataset, save_results
 from ..weights.resolve import load_model_weights
 from .model import build_model, resolve_device
@@ -64,16 +64,12 @@ def evaluate(cfg, model: nn.Module, device: torch.device) -> Dict[str, Dict[str,
     """Evaluate on every DATASETS.TEST; prints detectron2's AP tables; results json under OUTPUT_DIR/inference."""
     all_results: Dict[str, Dict[str, float]] = {}
     iou_types = ["bbox"] + (["segm"] if cfg.MODEL.MASK_ON else [])
-    dtype = inference_dtype(cfg, device)
-    runner = inference_model(cfg, _unwrap(model)) if cfg.DATASETS.TEST else None
+    runner = inference_runner(cfg, _unwrap(model), device) if cfg.DATASETS.TEST else None
     for name in cfg.DATASETS.TEST:
         dataset = build_test_dataset(cfg, name)
-        logger.info("Evaluating %s: %d images%s%s", name, len(dataset),
-                    ", backbone optimised for inference" if runner is not _unwrap(model) else "",
-                    f", {dtype} autocast" if dtype is not None else "")
+        logger.info("Evaluating %s: %d images", name, len(dataset))
         start = time.perf_counter()
-        results = inference_on_dataset(runner, dataset, device, num_workers=cfg.DATALOADER.NUM_WORKERS,
-                                       autocast_dtype=dtype)
+        results = inference_on_dataset(runner, dataset, device, num_workers=cfg.DATALOADER.NUM_WORKERS)
         if is_main_process():
             path = save_results(results, os.path.join(cfg.OUTPUT_DIR, "inference", name))
             logger.info("%d detections written to %s (inference %.1f s)", len(results), path,
