@@ -13,7 +13,7 @@ import statistics
 from collections import deque
 from typing import Mapping, Optional
 
-__all__ = ["DivergenceError", "LossGuard", "evaluation_hint", "last_checkpoint"]
+__all__ = ["DivergenceError", "LossGuard", "evaluation_hint", "last_checkpoint", "random_frozen_bn_warning"]
 
 # Running median over the last WINDOW total losses: long enough that a few noisy batches do not move
 # it, short enough to follow the loss as it falls (a 400-iteration quick schedule halves it in ~100).
@@ -174,3 +174,20 @@ def evaluation_hint(cfg, bbox: Optional[Mapping[str, float]], num_detections: Op
             f"too few iterations (SOLVER.MAX_ITER={cfg.SOLVER.MAX_ITER}); MODEL.ROI_HEADS.NUM_CLASSES="
             f"{cfg.MODEL.ROI_HEADS.NUM_CLASSES} or the category ids not matching the dataset; "
             f"MODEL.ROI_HEADS.SCORE_THRESH_TEST={cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST} too high.")
+
+
+def random_frozen_bn_warning(norm: str, loads_weights: bool, *, norm_key: str, weights_key: str,
+                             fix: str) -> Optional[str]:
+    """The warning for training a FrozenBN body that no weights will initialise, else None.
+
+    A randomly initialised FrozenBN is a fixed identity (scale 1, shift 0, mean 0, variance 1), so
+    nothing normalises the activations: they grow with depth and the loss typically diverges within a
+    few iterations (an R-18 at LR 0.001 reached NaN by its fourth iteration). Only a warning, as
+    detectron2 allows it. ``fix`` names the config's way to train the norms instead.
+    """
+    if norm != "FrozenBN" or loads_weights:
+        return None
+    return (f"training a randomly initialised body with {norm_key}=FrozenBN and no weights ({weights_key} is "
+            "empty): a random FrozenBN is a fixed identity, so activations grow with depth and the loss "
+            f"usually diverges within a few iterations. Load ImageNet weights into {weights_key}, or train "
+            f"the norms from scratch: {fix}.")

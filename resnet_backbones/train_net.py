@@ -15,6 +15,7 @@ import sys
 
 from .config import ConfigError, load_config, resolve_config_path
 from .d2 import detectron2_available
+from .guard import last_checkpoint, random_frozen_bn_warning
 
 
 def parse_args(argv=None):
@@ -72,6 +73,13 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"engine: {engine}; config: {path}", flush=True)
+    warning = None if args.eval_only else random_frozen_bn_warning(
+        cfg.MODEL.RESNETS.NORM, bool(cfg.MODEL.WEIGHTS) or bool(args.resume and last_checkpoint(cfg.OUTPUT_DIR)),
+        norm_key="MODEL.RESNETS.NORM", weights_key="MODEL.WEIGHTS",
+        fix="MODEL.RESNETS.NORM BN (or SyncBN, GN) and MODEL.BACKBONE.FREEZE_AT 0, as "
+            "quick_schedules/Base-synthetic.yaml")
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
     if engine == "detectron2":
         from .d2.train import launch_detectron2
 

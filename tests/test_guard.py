@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 
-from resnet_backbones.guard import DivergenceError, LossGuard, evaluation_hint
+from resnet_backbones.guard import DivergenceError, LossGuard, evaluation_hint, random_frozen_bn_warning
 from resnet_backbones.tv.train import Trainer
 
 from test_train import QUICK, tiny_cfg
@@ -119,6 +119,35 @@ def assert_stopped_before_checkpointing(out, msg, caplog):
     assert sorted(f for f in os.listdir(out) if f.endswith(".pth")) == [
         "model_0000004.pth", "model_0000009.pth", "model_0000014.pth", "model_0000019.pth"]
     assert f"NOT healthy: diverged at iteration {SPIKE_AT}" in caplog.text
+
+
+def test_random_frozen_bn_warning_only_without_weights():
+    kw = dict(norm_key="NORM", weights_key="W", fix="train BN")
+    assert random_frozen_bn_warning("FrozenBN", True, **kw) is None
+    assert random_frozen_bn_warning("BN", False, **kw) is None
+    text = random_frozen_bn_warning("FrozenBN", False, **kw)
+    assert "NORM=FrozenBN" in text and "W is empty" in text and text.endswith("train BN.")
+
+
+@pytest.mark.parametrize("opts,resume,warns", [
+    (["MODEL.RESNETS.NORM", "FrozenBN"], False, True),                                  # random FrozenBN
+    (["MODEL.RESNETS.NORM", "FrozenBN", "MODEL.WEIGHTS", "/some/R-18.pkl"], False, False),  # weights load
+    (["MODEL.RESNETS.NORM", "FrozenBN"], True, False),                   # resumes OUTPUT_DIR's checkpoint
+    ([], False, False),                                                  # the quick schedule: trainable BN
+])
+def test_train_net_warns_before_training_a_random_frozen_bn(monkeypatch, capsys, tmp_path, opts, resume, warns):
+    import resnet_backbones.tv
+    from resnet_backbones import train_net
+
+    (tmp_path / "last_checkpoint").write_text("model_0000009.pth")
+    (tmp_path / "model_0000009.pth").write_bytes(b"")
+    monkeypatch.setattr(resnet_backbones.tv, "launch", lambda *args, **kwargs: None)
+    argv = ["--config", QUICK, "--engine", "torchvision", *opts, "OUTPUT_DIR", str(tmp_path)]
+    assert train_net.main(argv + (["--resume"] if resume else [])) == 0
+    err = capsys.readouterr().err
+    assert ("warning: training a randomly initialised body with MODEL.RESNETS.NORM=FrozenBN" in err) is warns
+    if warns:
+        assert "MODEL.RESNETS.NORM BN" in err and "MODEL.BACKBONE.FREEZE_AT 0" in err
 
 
 def test_torchvision_engine_stops_on_a_spike_before_checkpointing(tmp_path, caplog):

@@ -133,6 +133,21 @@ def test_use_imagenet_weights_refuses_unknown_conventions():
 # From scratch, so as the yaml quick schedules: trainable BN, nothing frozen, ImageNet pixel std. With
 # the recipe's FrozenBN (identity when random) and MSRA's std of 1 the loss grew ~10-10^4x by iteration
 # 3 at every seed tried, and reached NaN within 4 iterations on some (a CI failure).
+def test_training_a_random_frozen_bn_recipe_warns():
+    from resnet_backbones.d2.lazy import frozen_bn_from_scratch_warning
+
+    cfg = model_zoo.get_config("COCO-Detection/faster_rcnn_R50_FPN_1x.py")
+    assert frozen_bn_from_scratch_warning(cfg, resumed=False) is None  # the ImageNet weights load
+    cfg.model.backbone.weights = ""
+    assert "model.backbone.norm=FrozenBN" in frozen_bn_from_scratch_warning(cfg, resumed=False)
+    assert frozen_bn_from_scratch_warning(cfg, resumed=True) is None
+    cfg.train.init_checkpoint = "/some/model_final.pth"
+    assert frozen_bn_from_scratch_warning(cfg, resumed=False) is None
+    lsj = model_zoo.get_config("new_baselines/mask_rcnn_R50_FPN_100ep_LSJ.py")
+    lsj.model.backbone.weights = ""
+    assert frozen_bn_from_scratch_warning(lsj, resumed=False) is None  # SyncBN trains its norms
+
+
 SMALL = [
     "model.backbone.weights=", "model.backbone.depth=18", "model.backbone.norm=BN", "model.backbone.freeze_at=0",
     "model.pixel_std=[57.375,57.12,58.395]", "train.seed=0",
@@ -156,6 +171,7 @@ def test_train_net_runs_a_lazy_config_on_the_detectron2_engine(tmp_path):
     assert (out / "model_final.pth").is_file() and (out / "config.yaml").is_file()
     assert "copypaste: AP,AP50,AP75,APs,APm,APl" in proc.stdout + proc.stderr
     assert "Training health: healthy" in proc.stdout + proc.stderr  # our divergence guard ran as a hook
+    assert "randomly initialised body" not in proc.stdout + proc.stderr  # BN: no from-scratch warning
     saved = LazyConfig.load(str(out / "config.yaml"))
     assert saved.model.backbone.depth == 18 and saved.train.max_iter == 4
 

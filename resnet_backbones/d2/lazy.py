@@ -10,7 +10,7 @@ same config runs unchanged under detectron2's script.
 """
 import argparse
 import logging
-from typing import List
+from typing import List, Optional
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
@@ -21,7 +21,7 @@ from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from ..guard import LossGuard
+from ..guard import LossGuard, random_frozen_bn_warning
 from ..solver import amp_dtype
 from ..weights.conventions import WeightsError, known_conventions
 from .train import CPUAutocastTrainer, DivergenceHook, register_dataset_names
@@ -91,6 +91,16 @@ def _guard(cfg) -> LossGuard:
                f"{warmup}), or clip gradients.", key="train.divergence_threshold")
 
 
+def frozen_bn_from_scratch_warning(cfg, resumed: bool) -> Optional[str]:
+    """:func:`resnet_backbones.guard.random_frozen_bn_warning` for a LazyConfig whose ``model.backbone``
+    is ours: no ``model.backbone.weights``, no ``train.init_checkpoint`` and no checkpoint resumed."""
+    backbone = cfg.model.get("backbone", {})
+    loads = bool(backbone.get("weights") or cfg.train.get("init_checkpoint") or resumed)
+    return random_frozen_bn_warning(
+        backbone.get("norm", ""), loads, norm_key="model.backbone.norm", weights_key="model.backbone.weights",
+        fix="model.backbone.norm=BN (or SyncBN, GN) and model.backbone.freeze_at=0, as the LSJ recipes")
+
+
 def _train(cfg, resume: bool):
     model = instantiate(cfg.model).to(cfg.train.device)
     logger.info("Model:\n%s", model)
@@ -111,7 +121,11 @@ def _train(cfg, resume: bool):
                              period=cfg.train.log_period) if main else None,
     ])
     checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
-    start_iter = trainer.iter + 1 if resume and checkpointer.has_checkpoint() else 0
+    resumed = resume and checkpointer.has_checkpoint()
+    warning = frozen_bn_from_scratch_warning(cfg, resumed)
+    if warning:
+        logger.warning(warning)
+    start_iter = trainer.iter + 1 if resumed else 0
     trainer.train(start_iter, cfg.train.max_iter)
 
 
