@@ -52,6 +52,19 @@ def _shape_polygon(kind: int, cx: float, cy: float, r: float, angle: float) -> L
              cy + scale * math.sin(angle + 2 * math.pi * i / corners)) for i in range(corners)]
 
 
+def _random_shape(rng: np.random.RandomState, width: int, height: int, radius: Tuple[float, float]):
+    """A random shape inside the image: (kind, polygon, filled mask). Its radius is drawn in ``radius``
+    (fractions of the shorter side), then its centre and rotation; the shared draw of this dataset and
+    :mod:`resnet_backbones.data.variants` (the order of the draws fixes every generated image)."""
+    kind = int(rng.randint(1, 4))
+    r = rng.uniform(*radius) * min(width, height)
+    cx, cy = rng.uniform(r * 0.6, width - r * 0.6), rng.uniform(r * 0.6, height - r * 0.6)
+    poly = _shape_polygon(kind, cx, cy, r, rng.uniform(0, 2 * math.pi))
+    canvas = Image.new("L", (width, height), 0)
+    ImageDraw.Draw(canvas).polygon(poly, fill=1)
+    return kind, poly, np.asarray(canvas, dtype=bool)
+
+
 def _render(rng: np.random.RandomState, width: int, height: int):
     background = rng.randint(0, 256, size=3)
     image = np.empty((height, width, 3), np.uint8)
@@ -59,13 +72,7 @@ def _render(rng: np.random.RandomState, width: int, height: int):
     owner = np.zeros((height, width), np.int32)  # index+1 of the visible object per pixel
     objects = []
     for i in range(rng.randint(1, 5)):
-        kind = int(rng.randint(1, 4))
-        r = rng.uniform(0.12, 0.3) * min(width, height)
-        cx, cy = rng.uniform(r * 0.6, width - r * 0.6), rng.uniform(r * 0.6, height - r * 0.6)
-        poly = _shape_polygon(kind, cx, cy, r, rng.uniform(0, 2 * math.pi))
-        canvas = Image.new("L", (width, height), 0)
-        ImageDraw.Draw(canvas).polygon(poly, fill=1)
-        full = np.asarray(canvas, dtype=bool)
+        kind, _, full = _random_shape(rng, width, height, (0.12, 0.3))
         if full.sum() < 16:
             continue
         colour = _colour(rng, [background] + [o["colour"] for o in objects])

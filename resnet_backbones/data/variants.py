@@ -14,7 +14,6 @@ Every variant is a registered dataset, generated on first use under ``$RESNET_BA
         MODEL.ROI_HEADS.NUM_CLASSES 80        # the coco80 variants; 3 for the others
 """
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -22,11 +21,11 @@ from dataclasses import asdict, dataclass
 from typing import Dict, List, Tuple
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 from pycocotools import mask as mask_util
 
 from .synthetic import CATEGORIES as SHAPE_CATEGORIES
-from .synthetic import _colour, _shape_polygon
+from .synthetic import _colour, _random_shape
 
 __all__ = ["Variant", "VARIANTS", "VERSION", "COCO_CATEGORY_IDS", "generate_variant", "variants_root"]
 
@@ -75,13 +74,7 @@ VARIANTS: Dict[str, Variant] = {
 
 
 def _place(rng, width: int, height: int, taken: np.ndarray, polygon_masks: bool):
-    kind = int(rng.randint(1, 4))
-    r = rng.uniform(0.1, 0.28) * min(width, height)
-    cx, cy = rng.uniform(r * 0.6, width - r * 0.6), rng.uniform(r * 0.6, height - r * 0.6)
-    poly = _shape_polygon(kind, cx, cy, r, rng.uniform(0, 2 * math.pi))
-    canvas = Image.new("L", (width, height), 0)
-    ImageDraw.Draw(canvas).polygon(poly, fill=1)
-    full = np.asarray(canvas, dtype=bool)
+    kind, poly, full = _random_shape(rng, width, height, (0.1, 0.28))
     if full.sum() < 16 or (polygon_masks and (full & taken).any()):
         return None  # too small, or would occlude another shape whose polygon is its annotation
     return kind, poly, full
