@@ -8,22 +8,17 @@ fp16 gradient compression. Our backbone gets the same settings: ``freeze_at=0`` 
 and the FPN. detectron2 publishes 44.6 box / 40.3 mask AP for its own R-50 here; no COCO number of
 this package's run has been measured.
 """
-from detectron2.config import LazyCall as L
-
-from resnet_backbones.d2.backbone import resnet_fpn_backbone
 from resnet_backbones.model_zoo import detectron2_config
+
+from ..common.models.mask_rcnn_fpn import model as _ours
 
 _base = detectron2_config("new_baselines/mask_rcnn_R_50_FPN_100ep_LSJ.py")
 dataloader, lr_multiplier, optimizer, train = _base.dataloader, _base.lr_multiplier, _base.optimizer, _base.train
 model = _base.model
-model.backbone = L(resnet_fpn_backbone)(
-    depth=50,
+model.backbone = _ours.backbone  # the 1x recipes' R-50 body + FPN, with detectron2's new-baseline settings:
+model.backbone.update(
     norm="SyncBN",
-    stride_in_1x1=True,
     freeze_at=0,
-    in_features=["res2", "res3", "res4", "res5"],
-    out_channels=256,
     fpn_norm="SyncBN",
-    top_block="LastLevelMaxPool",
     weights="",  # from scratch, as detectron2's new baselines
 )
