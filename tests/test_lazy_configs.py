@@ -130,9 +130,6 @@ def test_use_imagenet_weights_refuses_unknown_conventions():
         use_imagenet_weights(cfg.model, cfg.dataloader, "/some/file.pth")
 
 
-# From scratch, so as the yaml quick schedules: trainable BN, nothing frozen, ImageNet pixel std. With
-# the recipe's FrozenBN (identity when random) and MSRA's std of 1 the loss grew ~10-10^4x by iteration
-# 3 at every seed tried, and reached NaN within 4 iterations on some (a CI failure).
 def test_training_a_random_frozen_bn_recipe_warns():
     from resnet_backbones.d2.lazy import frozen_bn_from_scratch_warning
 
@@ -148,6 +145,9 @@ def test_training_a_random_frozen_bn_recipe_warns():
     assert frozen_bn_from_scratch_warning(lsj, resumed=False) is None  # SyncBN trains its norms
 
 
+# From scratch, so as the yaml quick schedules: trainable BN, nothing frozen, ImageNet pixel std. With
+# the recipe's FrozenBN (identity when random) and MSRA's std of 1 the loss grew ~10-10^4x by iteration
+# 3 at every seed tried, and reached NaN within 4 iterations on some (a CI failure).
 SMALL = [
     "model.backbone.weights=", "model.backbone.depth=18", "model.backbone.norm=BN", "model.backbone.freeze_at=0",
     "model.pixel_std=[57.375,57.12,58.395]", "train.seed=0",
