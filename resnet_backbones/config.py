@@ -9,6 +9,9 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from fvcore.common.config import CfgNode as _FvCfgNode
 
+from .d2 import detectron2_available
+from .errors import ConfigError
+
 __all__ = [
     "CfgNode",
     "CONFIGS_DIR",
@@ -19,16 +22,23 @@ __all__ = [
     "list_config_names",
     "resolve_config_path",
     "load_config",
-    "check_cfg_conventions",
 ]
 
-# Inside the package (package data), so a wheel, an editable install and a checkout find the same files.
-CONFIGS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+
+
+def _configs_dir() -> str:
+    """The package data a wheel installs as ``resnet_backbones/configs``, else configs/ of the checkout
+    beside the package (a checkout, an editable install): pyproject.toml maps one onto the other."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    for folder in (os.path.join(package, "configs"), os.path.join(os.path.dirname(package), "configs")):
+        if os.path.isfile(os.path.join(folder, "Base-RCNN-FPN.yaml")):
+            return folder
+    raise ImportError(f"resnet_backbones: no configs/ beside {package} nor inside it: a broken install "
+                      "(reinstall the wheel, or `pip install -e .` from the checkout)")
+
+
+CONFIGS_DIR = _configs_dir()
 CONFIG_SUFFIXES = (".yaml", ".py")  # yacs configs and LazyConfig Python files
-
-
-class ConfigError(ValueError):
-    """A config that names an unknown key, a missing file or a value an engine cannot honour."""
 
 
 class CfgNode(_FvCfgNode):
@@ -248,8 +258,6 @@ def get_standalone_cfg() -> CfgNode:
 def get_cfg(*, use_detectron2: Optional[bool] = None):
     """detectron2's ``get_cfg()`` + our keys when detectron2 is importable (or requested), else standalone."""
     if use_detectron2 is None:
-        from .d2 import detectron2_available
-
         use_detectron2 = detectron2_available()
     if use_detectron2:
         from detectron2.config import get_cfg as d2_get_cfg
@@ -312,10 +320,3 @@ def load_config(name: str, overrides: Sequence[str] = (), *, use_detectron2: Opt
         raise ConfigError(f"{path}: {e}") from e
     cfg.freeze()
     return cfg
-
-
-def check_cfg_conventions(cfg, conventions) -> None:
-    """See :func:`resnet_backbones.weights.conventions.check_cfg_conventions` (kept here for existing imports)."""
-    from .weights.conventions import check_cfg_conventions as check
-
-    check(cfg, conventions)

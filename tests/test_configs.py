@@ -4,7 +4,8 @@ import os
 import pytest
 import torch
 
-from resnet_backbones.config import CONFIGS_DIR, ConfigError, check_cfg_conventions, load_config, resolve_config_path
+from resnet_backbones.config import CONFIGS_DIR, ConfigError, load_config, resolve_config_path
+from resnet_backbones.weights.resolve import check_cfg_conventions
 from resnet_backbones.tv.model import build_model
 from resnet_backbones.tv.supported import check_supported
 from resnet_backbones.weights.catalog import known_conventions

@@ -8,8 +8,10 @@ from resnet_backbones import model_zoo
 from resnet_backbones.config import ConfigError, load_config
 
 
-def test_configs_live_inside_the_package():
-    root = os.path.join(os.path.dirname(resnet_backbones.__file__), "configs")
+def test_configs_are_the_checkouts_top_level_folder():
+    # a checkout or an editable install reads configs/ beside the package; a wheel carries the same
+    # files inside it (tests/wheel_check.py checks that one)
+    root = os.path.join(os.path.dirname(os.path.dirname(resnet_backbones.__file__)), "configs")
     path = model_zoo.get_config_file("faster_rcnn_R101.yaml")
     assert os.path.samefile(os.path.dirname(path), root)
     assert model_zoo.get_config_file("faster_rcnn_R101") == path  # .yaml assumed, as --config does

@@ -35,6 +35,23 @@ def check_location(checkout: str) -> None:
     step(f"resnet_backbones {resnet_backbones.__version__} from {os.path.dirname(where)}")
 
 
+def check_configs_shipped(checkout: str, names) -> None:
+    """The wheel carries every config of the checkout's top-level configs/ inside the package."""
+    from resnet_backbones.config import CONFIGS_DIR
+
+    where = os.path.realpath(CONFIGS_DIR)
+    if not where.startswith(os.path.realpath(sysconfig.get_paths()["purelib"])):
+        sys.exit(f"wheel check: the configs were read from {where}, not from the wheel in site-packages")
+    src = os.path.join(checkout, "configs")
+    expected = sorted(os.path.relpath(os.path.join(r, f), src).replace(os.sep, "/")
+                      for r, _, files in os.walk(src) if "__pycache__" not in r
+                      for f in files if f.endswith((".yaml", ".py")))
+    if list(names) != expected:
+        sys.exit(f"wheel check: the wheel's configs differ from {src}: missing "
+                 f"{sorted(set(expected) - set(names))}, extra {sorted(set(names) - set(expected))}")
+    step(f"the wheel carries all {len(expected)} configs of configs/, in {where}")
+
+
 def check_yaml(names, with_detectron2: bool) -> None:
     from resnet_backbones import model_zoo
     from resnet_backbones.config import load_config
@@ -113,6 +130,7 @@ def main() -> None:
     if args.require_detectron2 and not with_d2:
         sys.exit("wheel check: --require-detectron2 but detectron2 does not import in this venv")
     names = model_zoo.list_configs()
+    check_configs_shipped(args.checkout, names)
     step(f"{len(names)} configs shipped; detectron2 {'installed' if with_d2 else 'not installed'}")
     check_yaml([n for n in names if n.endswith(".yaml")], with_d2)
     if with_d2:

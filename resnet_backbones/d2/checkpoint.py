@@ -3,8 +3,8 @@ import logging
 
 from detectron2.checkpoint import DetectionCheckpointer
 
-from ..weights.conventions import check_cfg_conventions, known_conventions
-from ..weights.resolve import resolve_model_weights
+from ..weights.conventions import known_conventions
+from ..weights.resolve import check_cfg_conventions, resolve_model_weights
 
 __all__ = ["ResnetBackbonesCheckpointer"]
 

@@ -12,7 +12,7 @@ The forward pass is torchvision's op, unchanged: its CPU kernel computes each RO
 and reuses them across channels, so channel slices repeat that work. Measured with the forward split
 too: no gain in the kernel, and whole-detector inference got slower.
 
-Used by :class:`~resnet_backbones.tv.parity.MultiLevelRoIAlign`; CUDA tensors and calls without a
+Used by :class:`~resnet_backbones.tv.parity.poolers.MultiLevelRoIAlign`; CUDA tensors and calls without a
 gradient go straight to torchvision's op, whose CUDA kernels are already parallel.
 """
 from concurrent.futures import ThreadPoolExecutor

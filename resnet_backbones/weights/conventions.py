@@ -1,10 +1,13 @@
-"""Input conventions of weight sources, and the checks that a body and a config agree with them.
+"""Input conventions of weight sources, and the check that a body agrees with them.
 
-The one place for this logic: the detectron2 and torchvision engines (through
-:mod:`resnet_backbones.weights.resolve`), the backbone loader and the tools all call these functions.
+The one place for this logic: the loader, both engines and the tools call these functions; the check of
+a config against them (``check_cfg_conventions``) lives in :mod:`resnet_backbones.weights.resolve`,
+which reads ``MODEL.WEIGHTS`` from the config.
 """
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, Mapping, Optional, Tuple
+
+from ..errors import WeightsError
 
 __all__ = [
     "Conventions",
@@ -14,12 +17,7 @@ __all__ = [
     "WeightsError",
     "known_conventions",
     "check_stride_convention",
-    "check_cfg_conventions",
 ]
-
-
-class WeightsError(ValueError):
-    """A weight file that cannot be read, or that does not fit the model it is loaded into."""
 
 
 @dataclass(frozen=True)
@@ -85,29 +83,4 @@ def check_stride_convention(conventions: Optional[Conventions], stride_in_1x1: O
             f"{source or 'these weights'} ({conventions.name or 'source'} conventions) put the bottleneck stride in "
             f"the {'1x1' if want else '3x3'} conv: build the body with stride_in_1x1={want} "
             f"(MODEL.RESNETS.STRIDE_IN_1X1={want})"
-        )
-
-
-def check_cfg_conventions(cfg, conventions) -> None:
-    """Refuse a config whose input conventions disagree with its weights' (a ``Conventions`` or None),
-    naming the keys and values to set. Used by both engines before loading MODEL.WEIGHTS."""
-    c = conventions
-    if c is None:
-        return
-    problems = []
-    if cfg.INPUT.FORMAT != c.input_format:
-        problems.append(f"INPUT.FORMAT {c.input_format}")
-    if any(abs(a - b) > 1e-3 for a, b in zip(cfg.MODEL.PIXEL_MEAN, c.pixel_mean)):
-        problems.append(f"MODEL.PIXEL_MEAN {list(c.pixel_mean)}")
-    if any(abs(a - b) > 1e-3 for a, b in zip(cfg.MODEL.PIXEL_STD, c.pixel_std)):
-        problems.append(f"MODEL.PIXEL_STD {list(c.pixel_std)}")
-    if (c.stride_in_1x1 is not None and cfg.MODEL.RESNETS.DEPTH >= 50
-            and cfg.MODEL.RESNETS.STRIDE_IN_1X1 != c.stride_in_1x1):
-        problems.append(f"MODEL.RESNETS.STRIDE_IN_1X1 {c.stride_in_1x1}")
-    if problems:
-        from ..config import ConfigError
-
-        raise ConfigError(
-            f"MODEL.WEIGHTS={cfg.MODEL.WEIGHTS} was trained with {c.name or 'other'} input conventions; "
-            "set " + ", ".join(problems)
         )

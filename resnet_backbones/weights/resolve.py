@@ -13,14 +13,14 @@ from typing import Any, Dict, List, Optional
 import torch
 from torch import nn
 
-from .conventions import check_cfg_conventions
+from ..errors import ConfigError
 from .catalog import fetch_source
 from .conventions import known_conventions
 from .detector import detector_layout, num_classes_of, to_detectron2, to_torchvision
 from .formats import WeightsError, load_file, parse_weights
 from .loader import match_body_state
 
-__all__ = ["ResolvedWeights", "resolve_model_weights", "load_model_weights"]
+__all__ = ["ResolvedWeights", "check_cfg_conventions", "resolve_model_weights", "load_model_weights"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,29 @@ class ResolvedWeights:
     extra: Dict[str, Any] = field(default_factory=dict)
     dropped: List[str] = field(default_factory=list)
     summary: str = ""
+
+
+def check_cfg_conventions(cfg, conventions) -> None:
+    """Refuse a config whose input conventions disagree with its weights' (a ``Conventions`` or None),
+    naming the keys and values to set. Used by both engines before loading MODEL.WEIGHTS."""
+    c = conventions
+    if c is None:
+        return
+    problems = []
+    if cfg.INPUT.FORMAT != c.input_format:
+        problems.append(f"INPUT.FORMAT {c.input_format}")
+    if any(abs(a - b) > 1e-3 for a, b in zip(cfg.MODEL.PIXEL_MEAN, c.pixel_mean)):
+        problems.append(f"MODEL.PIXEL_MEAN {list(c.pixel_mean)}")
+    if any(abs(a - b) > 1e-3 for a, b in zip(cfg.MODEL.PIXEL_STD, c.pixel_std)):
+        problems.append(f"MODEL.PIXEL_STD {list(c.pixel_std)}")
+    if (c.stride_in_1x1 is not None and cfg.MODEL.RESNETS.DEPTH >= 50
+            and cfg.MODEL.RESNETS.STRIDE_IN_1X1 != c.stride_in_1x1):
+        problems.append(f"MODEL.RESNETS.STRIDE_IN_1X1 {c.stride_in_1x1}")
+    if problems:
+        raise ConfigError(
+            f"MODEL.WEIGHTS={cfg.MODEL.WEIGHTS} was trained with {c.name or 'other'} input conventions; "
+            "set " + ", ".join(problems)
+        )
 
 
 def _body_prefix(model: nn.Module) -> str:

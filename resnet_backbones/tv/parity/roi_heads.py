@@ -1,0 +1,153 @@
+"""detectron2's ``StandardROIHeads`` (modeling/roi_heads/roi_heads.py, fast_rcnn.py, mask_head.py) on
+torchvision's ``RoIHeads``, and detectron2's initialisation of the heads."""
+from typing import Dict, List
+
+import torch
+import torch.nn.functional as F
+from fvcore.nn import weight_init
+from torch import nn
+from torchvision.models.detection.roi_heads import RoIHeads
+from torchvision.ops import batched_nms, clip_boxes_to_image
+
+from .masks import mask_targets_like_detectron2
+
+__all__ = ["Detectron2ROIHeads", "init_heads_like_detectron2"]
+
+
+class Detectron2ROIHeads(RoIHeads):
+    """torchvision's RoIHeads (box + optional mask branch) computing detectron2's ``StandardROIHeads``
+    (modeling/roi_heads/roi_heads.py, fast_rcnn.py, mask_head.py):
+
+    - training samples as ``label_and_sample_proposals`` (PROPOSAL_APPEND_GT honoured);
+    - box losses as ``FastRCNNOutputLayers.losses`` (SMOOTH_L1_BETA, normalised by the number of
+      sampled proposals, BBOX_REG_LOSS_WEIGHT);
+    - inference as ``fast_rcnn_inference``: softmax, per-class decode in float32, clip, score >
+      SCORE_THRESH_TEST, per-class NMS, DETECTIONS_PER_IMAGE (torchvision also drops boxes < 1e-2 px);
+    - mask targets as ``mask_rcnn_loss`` (:func:`mask_targets_like_detectron2`: binary, polygon
+      rasterisation or aligned ROIAlign >= 0.5) and mask probabilities as ``mask_rcnn_inference``.
+    """
+
+    def __init__(self, *args, smooth_l1_beta: float, bbox_loss_weight: float, proposal_append_gt: bool = True,
+                 **kwargs):
+        super().__init__(*args, **kwargs)
+        self.smooth_l1_beta = smooth_l1_beta
+        self.bbox_loss_weight = bbox_loss_weight
+        self.proposal_append_gt = proposal_append_gt
+
+    def check_targets(self, targets):
+        if targets is None or not all("boxes" in t and "labels" in t for t in targets):
+            raise ValueError("training targets need boxes and labels")
+        if self.has_mask() and not all("masks" in t or "polygons" in t for t in targets):
+            raise ValueError("Mask R-CNN training targets need masks (bitmask) or polygons")
+
+    def select_training_samples(self, proposals, targets):
+        self.check_targets(targets)
+        if self.proposal_append_gt:
+            proposals = [torch.cat([p, t["boxes"].to(p.dtype)]) for p, t in zip(proposals, targets)]
+        matched_idxs, labels = self.assign_targets_to_proposals(proposals, [t["boxes"] for t in targets],
+                                                                [t["labels"] for t in targets])
+        pos, neg = self.fg_bg_sampler(labels)
+        out_p, out_m, out_l, out_t = [], [], [], []
+        for i, (p, m, lab, t) in enumerate(zip(proposals, matched_idxs, labels, targets)):
+            keep = torch.where(pos[i] | neg[i])[0]
+            p, m, lab = p[keep], m[keep], lab[keep]
+            gt = t["boxes"] if t["boxes"].numel() else torch.zeros((1, 4), dtype=p.dtype, device=p.device)
+            out_p.append(p)
+            out_m.append(m)
+            out_l.append(lab)
+            out_t.append(self.box_coder.encode_single(gt[m], p))
+        return out_p, out_m, out_l, out_t
+
+    def box_losses(self, class_logits, box_regression, labels, regression_targets) -> Dict[str, torch.Tensor]:
+        labels = torch.cat(labels, dim=0)
+        regression_targets = torch.cat(regression_targets, dim=0)
+        loss_cls = F.cross_entropy(class_logits.float(), labels) if labels.numel() else class_logits.sum() * 0
+        pos = torch.where(labels > 0)[0]
+        box_regression = box_regression.reshape(box_regression.shape[0], -1, 4)
+        loss_box = F.smooth_l1_loss(box_regression[pos, labels[pos]].float(), regression_targets[pos],
+                                    beta=self.smooth_l1_beta, reduction="sum") / max(labels.numel(), 1)
+        return {"loss_cls": loss_cls, "loss_box_reg": loss_box * self.bbox_loss_weight}
+
+    def postprocess_detections(self, class_logits, box_regression, proposals, image_shapes):
+        num_classes = class_logits.shape[-1]
+        boxes_all = self.box_coder.decode(box_regression.float(), proposals).view(-1, num_classes, 4)
+        scores_all = F.softmax(class_logits.float(), -1)
+        out_boxes, out_scores, out_labels = [], [], []
+        for boxes, scores, shape in zip(boxes_all.split([len(p) for p in proposals]),
+                                        scores_all.split([len(p) for p in proposals]), image_shapes):
+            valid = torch.isfinite(boxes).all(dim=2).all(dim=1) & torch.isfinite(scores).all(dim=1)
+            if not valid.all():
+                boxes, scores = boxes[valid], scores[valid]
+            boxes = clip_boxes_to_image(boxes, shape)[:, 1:]  # background is class 0 here
+            scores = scores[:, 1:]
+            keep_mask = scores > self.score_thresh
+            inds = keep_mask.nonzero()
+            boxes, scores = boxes[keep_mask], scores[keep_mask]
+            keep = batched_nms(boxes, scores, inds[:, 1], self.nms_thresh)
+            if self.detections_per_img >= 0:  # -1: keep all, as detectron2
+                keep = keep[:self.detections_per_img]
+            out_boxes.append(boxes[keep])
+            out_scores.append(scores[keep])
+            out_labels.append(inds[keep, 1] + 1)
+        return out_boxes, out_scores, out_labels
+
+    def mask_loss(self, mask_logits, proposals, targets, labels, matched_idxs) -> torch.Tensor:
+        size = mask_logits.shape[-1]
+        gt = torch.cat([mask_targets_like_detectron2(t, m, p, size) for t, m, p in zip(targets, matched_idxs, proposals)])
+        labels = torch.cat(labels)
+        if gt.numel() == 0:
+            return mask_logits.sum() * 0
+        logits = mask_logits[torch.arange(len(labels), device=labels.device), labels]
+        return F.binary_cross_entropy_with_logits(logits.float(), gt, reduction="mean")
+
+    def forward(self, features, proposals, image_shapes, targets=None):
+        if self.training:
+            proposals, matched_idxs, labels, regression_targets = self.select_training_samples(proposals, targets)
+        box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
+        class_logits, box_regression = self.box_predictor(box_features)
+        result: List[Dict[str, torch.Tensor]] = []
+        losses: Dict[str, torch.Tensor] = {}
+        if self.training:
+            losses = self.box_losses(class_logits, box_regression, labels, regression_targets)
+        else:
+            boxes, scores, classes = self.postprocess_detections(class_logits, box_regression, proposals, image_shapes)
+            result = [{"boxes": b, "labels": c, "scores": s} for b, c, s in zip(boxes, classes, scores)]
+        if self.has_mask():
+            if self.training:  # the mask head trains on the sampled foreground proposals
+                positive = [torch.where(lab > 0)[0] for lab in labels]
+                mask_proposals = [p[i] for p, i in zip(proposals, positive)]
+                pos_matched = [m[i] for m, i in zip(matched_idxs, positive)]
+                pos_labels = [lab[i] for lab, i in zip(labels, positive)]
+            else:
+                mask_proposals = [r["boxes"] for r in result]
+            mask_logits = self.mask_predictor(self.mask_head(self.mask_roi_pool(features, mask_proposals, image_shapes)))
+            if self.training:
+                losses["loss_mask"] = self.mask_loss(mask_logits, mask_proposals, targets, pos_labels, pos_matched)
+            else:
+                probs = mask_logits.float().sigmoid()
+                counts = [len(r["boxes"]) for r in result]
+                for p, r in zip(probs.split(counts), result):
+                    r["masks"] = p[torch.arange(len(p), device=p.device), r["labels"]][:, None]
+        return result, losses
+
+
+def init_heads_like_detectron2(roi_heads: RoIHeads) -> None:
+    """detectron2's initialisation of the ROI heads (the RPN head's, normal std 0.01, is torchvision's too):
+    box head convs ``c2_msra_fill`` and FCs ``c2_xavier_fill`` (``FastRCNNConvFCHead``), class scores
+    normal std 0.01 and box deltas std 0.001 (``FastRCNNOutputLayers``), mask convs and deconv
+    ``c2_msra_fill`` and mask logits normal std 0.001 (``MaskRCNNConvUpsampleHead``), biases 0."""
+    for m in roi_heads.box_head.modules():
+        if isinstance(m, nn.Conv2d):
+            weight_init.c2_msra_fill(m)
+        elif isinstance(m, nn.Linear):
+            weight_init.c2_xavier_fill(m)
+    nn.init.normal_(roi_heads.box_predictor.cls_score.weight, std=0.01)
+    nn.init.normal_(roi_heads.box_predictor.bbox_pred.weight, std=0.001)
+    nn.init.zeros_(roi_heads.box_predictor.cls_score.bias)
+    nn.init.zeros_(roi_heads.box_predictor.bbox_pred.bias)
+    if roi_heads.mask_head is not None:
+        for m in list(roi_heads.mask_head.modules()) + [roi_heads.mask_predictor.conv5_mask]:
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+                weight_init.c2_msra_fill(m)
+        nn.init.normal_(roi_heads.mask_predictor.mask_fcn_logits.weight, std=0.001)
+        nn.init.zeros_(roi_heads.mask_predictor.mask_fcn_logits.bias)
