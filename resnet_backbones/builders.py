@@ -10,10 +10,12 @@ from typing import Any, Dict, Optional
 import torch
 from torch import nn
 
+from .errors import ConfigError
 from .modeling import (
     FPN,
     FrozenBatchNorm2d,
     ResNet,
+    build_res5_head,
     build_resnet,
     build_resnet_fpn,
     optimize_for_inference,
@@ -22,10 +24,16 @@ from .modeling import (
 )
 from .solver import amp_dtype
 
-__all__ = ["resnet_kwargs_from_cfg", "build_body_from_cfg", "build_fpn_from_cfg", "inference_model",
+__all__ = ["resnet_kwargs_from_cfg", "build_body_from_cfg", "build_fpn_from_cfg", "build_res5_head_from_cfg",
+           "check_res5_head_cfg", "FPN_BACKBONES", "BODY_BACKBONES", "inference_model",
            "inference_dtype", "inference_runner", "AutocastInference"]
 
 logger = logging.getLogger("resnet_backbones")
+
+# MODEL.BACKBONE.NAME values that mean our body + FPN, and our body alone (detectron2's names mean the
+# same architecture; the torchvision engine builds ours for both).
+FPN_BACKBONES = ("build_resnet_backbones_fpn_backbone", "build_resnet_fpn_backbone")
+BODY_BACKBONES = ("build_resnet_backbones_backbone", "build_resnet_backbone")
 
 
 def resnet_kwargs_from_cfg(cfg, in_channels: int = 3) -> Dict[str, Any]:
@@ -67,6 +75,7 @@ def _apply_speed_options(cfg, model):
 
 def build_body_from_cfg(cfg, in_channels: int = 3, body_class=ResNet) -> ResNet:
     """The ResNet body alone (detectron2's build_resnet_backbone semantics), out_features from MODEL.RESNETS."""
+    check_res5_head_cfg(cfg)
     return _apply_speed_options(cfg, build_resnet(out_features=list(cfg.MODEL.RESNETS.OUT_FEATURES),
                                                   body_class=body_class, **resnet_kwargs_from_cfg(cfg, in_channels)))
 
@@ -85,6 +94,40 @@ def build_fpn_from_cfg(cfg, in_channels: int = 3, fpn_class=FPN) -> FPN:
         body_class=getattr(fpn_class, "body_class", ResNet),
         **resnet_kwargs_from_cfg(cfg, in_channels),
     ))
+
+
+def check_res5_head_cfg(cfg) -> None:
+    """Refuse a ``Res5ROIHeads`` (C4) config that detectron2 would build differently from what it says,
+    naming the fix. Both engines call it (the detectron2 engine from the registered body builder)."""
+    if cfg.MODEL.ROI_HEADS.NAME != "Res5ROIHeads":
+        return
+    r, problems = cfg.MODEL.RESNETS, []
+    if r.DEPTH not in (50, 101, 152):
+        problems.append(f"MODEL.RESNETS.DEPTH={r.DEPTH}: detectron2's res5 head is 3 bottleneck blocks, which "
+                        "ResNet-18/34 do not have; use depth 50/101/152, or an FPN/DC5 config")
+    if cfg.MODEL.RESNET_BACKBONES.PREACTIVATION:
+        problems.append("MODEL.RESNET_BACKBONES.PREACTIVATION=True: detectron2's res5 head is post-activation")
+    if r.RES5_DILATION != 1:
+        problems.append(f"MODEL.RESNETS.RES5_DILATION={r.RES5_DILATION}: Res5ROIHeads ignores it (the head runs "
+                        "at stride 2); set 1, or use a DC5 config for a dilated res5")
+    if r.DEFORM_ON_PER_STAGE[-1]:
+        problems.append("MODEL.RESNETS.DEFORM_ON_PER_STAGE[3]: no deformable res5 head")
+    if "res5" in r.OUT_FEATURES or list(cfg.MODEL.ROI_HEADS.IN_FEATURES) != ["res4"]:
+        problems.append(f"MODEL.RESNETS.OUT_FEATURES={list(r.OUT_FEATURES)}, MODEL.ROI_HEADS.IN_FEATURES="
+                        f"{list(cfg.MODEL.ROI_HEADS.IN_FEATURES)}: the body stops at res4, which the head pools "
+                        "(set both to [\"res4\"])")
+    if problems:
+        raise ConfigError("MODEL.ROI_HEADS.NAME=Res5ROIHeads (C4): " + "; ".join(problems))
+
+
+def build_res5_head_from_cfg(cfg) -> nn.Sequential:
+    """The C4 detector's per-RoI res5 stage (detectron2's ``Res5ROIHeads._build_res5_block``), built by
+    the core's stage builder from MODEL.RESNETS, with the body's parameter names."""
+    check_res5_head_cfg(cfg)
+    k = resnet_kwargs_from_cfg(cfg)
+    return build_res5_head(depth=k["depth"], norm=k["norm"], stem_out_channels=k["stem_out_channels"],
+                           res2_out_channels=k["res2_out_channels"], num_groups=k["num_groups"],
+                           width_per_group=k["width_per_group"], stride_in_1x1=k["stride_in_1x1"])
 
 
 def inference_model(cfg, model: nn.Module) -> nn.Module:

@@ -18,7 +18,8 @@ LEAF_CONFIGS = [c for c in ALL_CONFIGS if not os.path.basename(c).startswith("Ba
 def test_all_expected_configs_exist():
     for kind in ("faster_rcnn", "mask_rcnn"):
         for depth in (50, 101, 152):
-            assert f"{kind}_R{depth}.yaml" in ALL_CONFIGS and f"{kind}_R{depth}_3x.yaml" in ALL_CONFIGS
+            for layout in ("", "_C4", "_DC5"):
+                assert f"{kind}_R{depth}{layout}.yaml" in ALL_CONFIGS and f"{kind}_R{depth}{layout}_3x.yaml" in ALL_CONFIGS
     assert any(c.startswith("quick_schedules/") for c in ALL_CONFIGS)
 
 
@@ -31,8 +32,9 @@ def test_config_merges_and_builds_on_cpu(name):
         assert known_conventions(cfg.MODEL.WEIGHTS) is not None, cfg.MODEL.WEIGHTS
     check_cfg_conventions(cfg, known_conventions(cfg.MODEL.WEIGHTS))
     model = build_model(cfg).eval()
-    assert model.backbone.bottom_up.depth == cfg.MODEL.RESNETS.DEPTH
+    assert getattr(model.backbone, "bottom_up", model.backbone).depth == cfg.MODEL.RESNETS.DEPTH
     assert model.roi_heads.has_mask() == cfg.MODEL.MASK_ON
+    assert hasattr(model.roi_heads, "res5") == (cfg.MODEL.ROI_HEADS.NAME == "Res5ROIHeads")
     with torch.no_grad():
         out = model([torch.rand(3, 96, 128) * 255])
     assert set(out[0]) >= {"boxes", "scores", "labels"}

@@ -66,8 +66,48 @@ def test_standalone_defaults_agree_with_detectron2():
 def test_every_config_builds_on_detectron2(name):
     cfg = load_config(name, ["MODEL.DEVICE", "cpu"], use_detectron2=True)
     model = build_model(cfg)
-    assert type(model.backbone).__name__ == "D2FPN"
-    assert model.backbone.bottom_up.depth == cfg.MODEL.RESNETS.DEPTH
+    fpn = cfg.MODEL.BACKBONE.NAME == "build_resnet_backbones_fpn_backbone"
+    assert type(model.backbone).__name__ == ("D2FPN" if fpn else "D2ResNet")
+    assert (model.backbone.bottom_up if fpn else model.backbone).depth == cfg.MODEL.RESNETS.DEPTH
+    assert type(model.roi_heads).__name__ == cfg.MODEL.ROI_HEADS.NAME
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (["MODEL.RESNETS.DEPTH", "34", "MODEL.RESNETS.STRIDE_IN_1X1", "False"], "ResNet-18/34"),
+    (["MODEL.RESNETS.RES5_DILATION", "2"], "DC5"),
+])
+def test_c4_configs_detectron2_would_build_otherwise_are_refused_on_detectron2(overrides, match):
+    # detectron2's Res5ROIHeads would build a bottleneck res5 on an R-34, or ignore RES5_DILATION
+    cfg = load_config("faster_rcnn_R50_C4.yaml", ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", *overrides],
+                      use_detectron2=True)
+    with pytest.raises(ConfigError, match=match):
+        build_model(cfg)
+
+
+def test_imagenet_weights_reach_detectron2s_res5_head(tmp_path):
+    """torchvision and MSRA weights through the checkpointer into a C4 model: conv1-res4 into the body,
+    res5 into detectron2's own Res5ROIHeads (``roi_heads.res5``), every tensor accounted for."""
+    tv = random_torchvision("resnet50")
+    path = str(tmp_path / "r50.pth")
+    torch.save(tv.state_dict(), path)
+    conventions = ["MODEL.PIXEL_MEAN", "[123.675, 116.28, 103.53]", "MODEL.PIXEL_STD", "[58.395, 57.12, 57.375]",
+                   "INPUT.FORMAT", "RGB", "MODEL.RESNETS.STRIDE_IN_1X1", "False"]
+    cfg = load_config("mask_rcnn_R50_C4.yaml", ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", path, *conventions],
+                      use_detectron2=True)
+    model = build_model(cfg)
+    ResnetBackbonesCheckpointer(model, cfg=cfg).load(path)
+    assert torch.equal(model.backbone.res4[5].conv2.weight, tv.layer3[5].conv2.weight)
+    assert torch.equal(model.roi_heads.res5[2].conv3.weight, tv.layer4[2].conv3.weight)
+    assert torch.equal(model.roi_heads.res5[0].shortcut.norm.running_var, tv.layer4[0].downsample[1].running_var)
+    src = affine_only_body(4, depth=50, stride_in_1x1=True)
+    pkl = tmp_path / "R-50.pkl"
+    pkl.write_bytes(pickle.dumps(caffe2_blobs(src)))
+    cfg = load_config("faster_rcnn_R50_C4.yaml", ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", str(pkl)], use_detectron2=True)
+    model = build_model(cfg)
+    ResnetBackbonesCheckpointer(model, cfg=cfg).load(str(pkl))
+    for k, v in src.state_dict().items():
+        target = model.roi_heads.state_dict() if k.startswith("res5.") else model.backbone.state_dict()
+        assert torch.equal(target[k], v), k
 
 
 def d2_cfg(depth, stride_in_1x1, groups=1, width=64, builtin=False, extra=()):

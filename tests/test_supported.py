@@ -64,6 +64,7 @@ def test_every_key_is_read_or_refused(tmp_path, monkeypatch):
          ["SOLVER.CLIP_GRADIENTS.CLIP_TYPE", "norm", "MODEL.WEIGHTS", str(weights), "SOLVER.WARMUP_METHOD", "constant",
           "TEST.EXPECTED_RESULTS", "[['bbox', 'AP', 0.0, 100.0]]", "SOLVER.LR_SCHEDULER_NAME", "WarmupCosineLR"]),
         ("quick_schedules/faster_rcnn_R18_synthetic.yaml", ["SOLVER.LR_SCHEDULER_NAME", "WarmupStepWithFixedGammaLR"]),
+        ("quick_schedules/mask_rcnn_R50_C4_synthetic.yaml", []),  # Res5ROIHeads and a body backbone
     ]
     for i, (name, extra) in enumerate(variants):
         cfg = load_config(name, common + extra + ["OUTPUT_DIR", str(tmp_path / f"out{i}")], use_detectron2=False)

@@ -12,6 +12,7 @@ from .resnet import (
     PreActBottleneckBlock,
     ResNet,
     ShapeSpec,
+    build_res5_head,
     build_resnet,
     make_stage,
 )

@@ -31,6 +31,7 @@ __all__ = [
     "RESNET_DEPTHS",
     "make_stage",
     "build_resnet",
+    "build_res5_head",
 ]
 
 
@@ -426,6 +427,48 @@ def make_stage(
     return blocks
 
 
+def _build_stages(*, depth: int, norm, stem_out_channels: int, res2_out_channels: Optional[int], num_groups: int,
+                  width_per_group: int, stride_in_1x1: bool, res5_dilation: int, preactivation: bool,
+                  only: Optional[str] = None) -> List[List[BlockBase]]:
+    """The blocks of res2..res5 (or of the one stage ``only``) for :func:`build_resnet`'s arguments:
+    the one place where the depth table becomes stages, shared by the body and the C4 res5 head."""
+    if depth not in RESNET_DEPTHS:
+        raise ValueError(f"depth={depth} is not one of {sorted(RESNET_DEPTHS)}")
+    kind, blocks_per_stage = RESNET_DEPTHS[depth]
+    if res5_dilation not in (1, 2):
+        raise ValueError(f"res5_dilation={res5_dilation} must be 1 or 2")
+    if kind == "basic":
+        if res2_out_channels not in (None, 64):
+            raise ValueError(f"ResNet-{depth} has 64 res2 channels, got res2_out_channels={res2_out_channels}")
+        if num_groups != 1 or width_per_group != 64:
+            raise ValueError(f"ResNet-{depth} uses basic blocks: set num_groups=1, width_per_group=64")
+        if res5_dilation != 1:
+            raise ValueError(f"ResNet-{depth} uses basic blocks, which support res5_dilation=1 only")
+        res2_out_channels = 64
+    elif res2_out_channels is None:
+        res2_out_channels = 256
+    block_class: Type[BlockBase]
+    if kind == "basic":
+        block_class = PreActBasicBlock if preactivation else BasicBlock
+    else:
+        block_class = PreActBottleneckBlock if preactivation else BottleneckBlock
+
+    stages = []
+    stage_in, stage_out, bottleneck = stem_out_channels, res2_out_channels, num_groups * width_per_group
+    for idx, num_blocks in enumerate(blocks_per_stage):
+        dilation = res5_dilation if idx == 3 else 1
+        first_stride = 1 if idx == 0 or dilation == 2 else 2
+        kwargs = dict(in_channels=stage_in, out_channels=stage_out, first_stride=first_stride, norm=norm)
+        if kind == "bottleneck":
+            kwargs.update(
+                bottleneck_channels=bottleneck, num_groups=num_groups, stride_in_1x1=stride_in_1x1, dilation=dilation
+            )
+        if only is None or only == STAGE_NAMES[idx]:
+            stages.append(make_stage(block_class, num_blocks, **kwargs))
+        stage_in, stage_out, bottleneck = stage_out, stage_out * 2, bottleneck * 2
+    return stages
+
+
 def build_resnet(
     *,
     depth: int = 50,
@@ -465,40 +508,12 @@ def build_resnet(
         body_class: the ResNet subclass to instantiate (the detectron2 adapter passes its Backbone
             subclass; the constructor arguments are the same).
     """
-    if depth not in RESNET_DEPTHS:
-        raise ValueError(f"depth={depth} is not one of {sorted(RESNET_DEPTHS)}")
-    kind, blocks_per_stage = RESNET_DEPTHS[depth]
-    if res5_dilation not in (1, 2):
-        raise ValueError(f"res5_dilation={res5_dilation} must be 1 or 2")
-    if kind == "basic":
-        if res2_out_channels not in (None, 64):
-            raise ValueError(f"ResNet-{depth} has 64 res2 channels, got res2_out_channels={res2_out_channels}")
-        if num_groups != 1 or width_per_group != 64:
-            raise ValueError(f"ResNet-{depth} uses basic blocks: set num_groups=1, width_per_group=64")
-        if res5_dilation != 1:
-            raise ValueError(f"ResNet-{depth} uses basic blocks, which support res5_dilation=1 only")
-        res2_out_channels = 64
-    elif res2_out_channels is None:
-        res2_out_channels = 256
-    block_class: Type[BlockBase]
-    if kind == "basic":
-        block_class = PreActBasicBlock if preactivation else BasicBlock
-    else:
-        block_class = PreActBottleneckBlock if preactivation else BottleneckBlock
-
     stem = BasicStem(in_channels, stem_out_channels, norm=norm)
-    stages = []
-    stage_in, stage_out, bottleneck = stem_out_channels, res2_out_channels, num_groups * width_per_group
-    for idx, num_blocks in enumerate(blocks_per_stage):
-        dilation = res5_dilation if idx == 3 else 1
-        first_stride = 1 if idx == 0 or dilation == 2 else 2
-        kwargs = dict(in_channels=stage_in, out_channels=stage_out, first_stride=first_stride, norm=norm)
-        if kind == "bottleneck":
-            kwargs.update(
-                bottleneck_channels=bottleneck, num_groups=num_groups, stride_in_1x1=stride_in_1x1, dilation=dilation
-            )
-        stages.append(make_stage(block_class, num_blocks, **kwargs))
-        stage_in, stage_out, bottleneck = stage_out, stage_out * 2, bottleneck * 2
+    stages = _build_stages(depth=depth, norm=norm, stem_out_channels=stem_out_channels,
+                           res2_out_channels=res2_out_channels, num_groups=num_groups,
+                           width_per_group=width_per_group, stride_in_1x1=stride_in_1x1,
+                           res5_dilation=res5_dilation, preactivation=preactivation)
+    kind = RESNET_DEPTHS[depth][0]
 
     model = body_class(
         stem,
@@ -513,3 +528,35 @@ def build_resnet(
     model.depth = depth
     model.preactivation = preactivation
     return model
+
+
+def build_res5_head(
+    *,
+    depth: int = 50,
+    norm="FrozenBN",
+    stem_out_channels: int = 64,
+    res2_out_channels: Optional[int] = None,
+    num_groups: int = 1,
+    width_per_group: int = 64,
+    stride_in_1x1: bool = False,
+) -> nn.Sequential:
+    """The res5 stage alone, as the per-RoI head of the C4 detector (the seed's section 7.3; He et al.
+    2016, appendix A: conv1-conv4 shared, RoI pooling on conv4, all of conv5 per RoI, first block at
+    stride 2). detectron2 builds it in ``Res5ROIHeads._build_res5_block``.
+
+    The blocks are those :func:`build_resnet` makes for res5 with the same arguments (the same code and
+    parameter names ``0.conv1.weight``, ``0.shortcut.norm.weight`` ...), so ImageNet res5 weights load
+    into it. Bottleneck depths only (50, 101, 152): detectron2's head is 3 bottleneck blocks, which no
+    ResNet-18/34 has. Input (R, C4 channels, H, W) -> (R, 8 x res2 channels, ceil(H/2), ceil(W/2)).
+    """
+    if RESNET_DEPTHS.get(depth, ("",))[0] != "bottleneck":
+        raise ValueError(f"a res5 head needs a bottleneck depth (50, 101, 152), got depth={depth}: detectron2's "
+                         "Res5ROIHeads builds 3 bottleneck blocks, which ResNet-18/34 do not have")
+    blocks = _build_stages(depth=depth, norm=norm, stem_out_channels=stem_out_channels,
+                           res2_out_channels=res2_out_channels, num_groups=num_groups,
+                           width_per_group=width_per_group, stride_in_1x1=stride_in_1x1, res5_dilation=1,
+                           preactivation=False, only="res5")[0]
+    head = nn.Sequential(*blocks)
+    head.stride_in_1x1 = stride_in_1x1  # read by the weight loader's stride-convention check
+    head.out_channels = blocks[-1].out_channels
+    return head

@@ -1,11 +1,12 @@
-"""torchvision engine: Faster R-CNN / Mask R-CNN (torchvision's GeneralizedRCNN) built from a detectron2-style cfg.
+"""torchvision engine: Faster R-CNN / Mask R-CNN (torchvision's GeneralizedRCNN; FPN, C4 or DC5) built from a
+detectron2-style cfg.
 
 This module only translates the cfg. The pieces that carry detectron2's behaviour live in
 :mod:`.parity`; the values this engine refuses are listed in :mod:`.supported`; ``MODEL.WEIGHTS`` is
 resolved by :func:`resnet_backbones.weights.resolve.load_model_weights`, shared with the detectron2 engine.
 """
 import logging
-from typing import Optional
+from typing import List, Optional
 
 import torch
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor
@@ -13,11 +14,12 @@ from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.rpn import RPNHead
 
-from ..builders import build_fpn_from_cfg
+from ..builders import FPN_BACKBONES, build_body_from_cfg, build_fpn_from_cfg, build_res5_head_from_cfg
 from ..config import ConfigError
 from ..modeling.norm import get_norm
 from .parity import (
     Detectron2AnchorGenerator,
+    Detectron2Res5ROIHeads,
     Detectron2ROIHeads,
     Detectron2RPN,
     Detectron2Transform,
@@ -61,18 +63,31 @@ def resolve_device(cfg) -> torch.device:
     return device
 
 
+def _one_channel_count(shapes, features: List[str], key: str) -> int:
+    channels = {shapes[f].channels for f in features}
+    if len(channels) != 1:
+        raise ConfigError(f"{key}={features} have different channel counts {sorted(channels)}: the heads take one")
+    return channels.pop()
+
+
 def build_model(cfg, *, num_classes: Optional[int] = None) -> GeneralizedRCNN:
-    """Build (Mask) R-CNN with our ResNet-FPN backbone from ``cfg``; weights are loaded separately.
+    """Build (Mask) R-CNN with our ResNet backbone from ``cfg``; weights are loaded separately.
+
+    The three layouts of detectron2's COCO models: FPN (``build_resnet_backbones_fpn_backbone``,
+    ``StandardROIHeads`` on p2..p5), C4 (the body up to res4, ``Res5ROIHeads``: res5 per RoI) and DC5
+    (the body with a dilated res5, ``StandardROIHeads`` on res5).
 
     The state dict keeps torchvision's layout (``rpn.head.*``, ``roi_heads.box_predictor.*`` with the
     background as class 0); :mod:`resnet_backbones.weights.detector` converts to and from detectron2's.
     """
     check_supported(cfg)
-    backbone = build_fpn_from_cfg(cfg)
-    backbone.out_channels = cfg.MODEL.FPN.OUT_CHANNELS  # what torchvision's heads read
+    if cfg.MODEL.BACKBONE.NAME in FPN_BACKBONES:
+        backbone = build_fpn_from_cfg(cfg)
+        backbone.out_channels = cfg.MODEL.FPN.OUT_CHANNELS  # what torchvision's heads read
+    else:
+        backbone = build_body_from_cfg(cfg)
     shapes = backbone.output_shape()
     num_classes = num_classes or cfg.MODEL.ROI_HEADS.NUM_CLASSES
-    channels = cfg.MODEL.FPN.OUT_CHANNELS
 
     rpn_features = list(cfg.MODEL.RPN.IN_FEATURES)
     roi_features = list(cfg.MODEL.ROI_HEADS.IN_FEATURES)
@@ -89,7 +104,8 @@ def build_model(cfg, *, num_classes: Optional[int] = None) -> GeneralizedRCNN:
         raise ConfigError("every RPN level needs the same number of anchors (sizes x aspect ratios)")
     r = cfg.MODEL.RPN
     rpn = Detectron2RPN(
-        anchors, RPNHead(channels, num_anchors[0]), in_features=rpn_features,
+        anchors, RPNHead(_one_channel_count(shapes, rpn_features, "MODEL.RPN.IN_FEATURES"), num_anchors[0]),
+        in_features=rpn_features,
         iou_thresholds=tuple(r.IOU_THRESHOLDS), batch_size_per_image=r.BATCH_SIZE_PER_IMAGE,
         positive_fraction=r.POSITIVE_FRACTION,
         pre_nms_topk={"training": r.PRE_NMS_TOPK_TRAIN, "testing": r.PRE_NMS_TOPK_TEST},
@@ -98,36 +114,39 @@ def build_model(cfg, *, num_classes: Optional[int] = None) -> GeneralizedRCNN:
         boundary_thresh=r.BOUNDARY_THRESH, smooth_l1_beta=r.SMOOTH_L1_BETA, loss_weight=r.LOSS_WEIGHT,
         bbox_loss_weight=r.BBOX_REG_LOSS_WEIGHT, bbox_reg_weights=tuple(r.BBOX_REG_WEIGHTS),
     )
-
+    channels = _one_channel_count(shapes, roi_features, "MODEL.ROI_HEADS.IN_FEATURES")
     strides = [shapes[f].stride for f in roi_features]
-    bh = cfg.MODEL.ROI_BOX_HEAD
+    bh, h = cfg.MODEL.ROI_BOX_HEAD, cfg.MODEL.ROI_HEADS
     box_pool = MultiLevelRoIAlign(roi_features, strides, bh.POOLER_RESOLUTION, bh.POOLER_SAMPLING_RATIO,
                                   aligned=bh.POOLER_TYPE == "ROIAlignV2")
-    box_head = FastRCNNConvFCHead((channels, bh.POOLER_RESOLUTION, bh.POOLER_RESOLUTION),
-                                  [bh.CONV_DIM] * bh.NUM_CONV, [bh.FC_DIM] * bh.NUM_FC,
-                                  norm_layer=_head_norm(bh.NORM, "MODEL.ROI_BOX_HEAD.NORM"))
-    box_out = bh.FC_DIM if bh.NUM_FC else (bh.CONV_DIM if bh.NUM_CONV else channels) * bh.POOLER_RESOLUTION ** 2
-    h = cfg.MODEL.ROI_HEADS
-    mask_kwargs = {}
-    if cfg.MODEL.MASK_ON:
-        mh = cfg.MODEL.ROI_MASK_HEAD
-        if mh.NUM_CONV < 1:
-            raise ConfigError("MODEL.ROI_MASK_HEAD.NUM_CONV must be >= 1 with MODEL.MASK_ON")
-        mask_kwargs = dict(
-            mask_roi_pool=MultiLevelRoIAlign(roi_features, strides, mh.POOLER_RESOLUTION, mh.POOLER_SAMPLING_RATIO,
-                                             aligned=mh.POOLER_TYPE == "ROIAlignV2"),
-            mask_head=MaskRCNNHeads(channels, [mh.CONV_DIM] * mh.NUM_CONV, 1,
-                                    norm_layer=_head_norm(mh.NORM, "MODEL.ROI_MASK_HEAD.NORM")),
-            mask_predictor=MaskRCNNPredictor(mh.CONV_DIM, mh.CONV_DIM, num_classes + 1),
-        )
-    roi_heads = Detectron2ROIHeads(
-        box_pool, box_head, FastRCNNPredictor(box_out, num_classes + 1),
+    common = dict(
         fg_iou_thresh=h.IOU_THRESHOLDS[0], bg_iou_thresh=h.IOU_THRESHOLDS[0],
         batch_size_per_image=h.BATCH_SIZE_PER_IMAGE, positive_fraction=h.POSITIVE_FRACTION,
         bbox_reg_weights=tuple(bh.BBOX_REG_WEIGHTS), score_thresh=h.SCORE_THRESH_TEST, nms_thresh=h.NMS_THRESH_TEST,
         detections_per_img=cfg.TEST.DETECTIONS_PER_IMAGE, smooth_l1_beta=bh.SMOOTH_L1_BETA,
-        bbox_loss_weight=bh.BBOX_REG_LOSS_WEIGHT, proposal_append_gt=h.PROPOSAL_APPEND_GT, **mask_kwargs,
+        bbox_loss_weight=bh.BBOX_REG_LOSS_WEIGHT, proposal_append_gt=h.PROPOSAL_APPEND_GT,
     )
+    mh = cfg.MODEL.ROI_MASK_HEAD
+    if h.NAME == "Res5ROIHeads":
+        res5 = build_res5_head_from_cfg(cfg)
+        mask_kwargs = {}
+        if cfg.MODEL.MASK_ON:  # on the res5 features: detectron2 builds the mask head with res5's channels
+            mask_kwargs = _mask_head(mh, res5.out_channels, num_classes)
+        roi_heads = Detectron2Res5ROIHeads(box_pool, res5, FastRCNNPredictor(res5.out_channels, num_classes + 1),
+                                           **mask_kwargs, **common)
+    else:
+        box_head = FastRCNNConvFCHead((channels, bh.POOLER_RESOLUTION, bh.POOLER_RESOLUTION),
+                                      [bh.CONV_DIM] * bh.NUM_CONV, [bh.FC_DIM] * bh.NUM_FC,
+                                      norm_layer=_head_norm(bh.NORM, "MODEL.ROI_BOX_HEAD.NORM"))
+        box_out = bh.FC_DIM if bh.NUM_FC else (bh.CONV_DIM if bh.NUM_CONV else channels) * bh.POOLER_RESOLUTION ** 2
+        mask_kwargs = {}
+        if cfg.MODEL.MASK_ON:
+            mask_kwargs = dict(
+                mask_roi_pool=MultiLevelRoIAlign(roi_features, strides, mh.POOLER_RESOLUTION, mh.POOLER_SAMPLING_RATIO,
+                                                 aligned=mh.POOLER_TYPE == "ROIAlignV2"),
+                **_mask_head(mh, channels, num_classes))
+        roi_heads = Detectron2ROIHeads(box_pool, box_head, FastRCNNPredictor(box_out, num_classes + 1),
+                                       **mask_kwargs, **common)
     init_heads_like_detectron2(roi_heads)
     i = cfg.INPUT
     transform = Detectron2Transform(
@@ -136,3 +155,13 @@ def build_model(cfg, *, num_classes: Optional[int] = None) -> GeneralizedRCNN:
         pixel_std=cfg.MODEL.PIXEL_STD, size_divisibility=backbone.size_divisibility,
     )
     return GeneralizedRCNN(backbone, rpn, roi_heads, transform)
+
+
+def _mask_head(mh, in_channels: int, num_classes: int):
+    """detectron2's ``MaskRCNNConvUpsampleHead``: NUM_CONV 3x3 convs of CONV_DIM (none in the C4 models),
+    a 2x deconv to CONV_DIM and the 1x1 predictor (torchvision's MaskRCNNHeads + MaskRCNNPredictor)."""
+    return dict(
+        mask_head=MaskRCNNHeads(in_channels, [mh.CONV_DIM] * mh.NUM_CONV, 1,
+                                norm_layer=_head_norm(mh.NORM, "MODEL.ROI_MASK_HEAD.NORM")),
+        mask_predictor=MaskRCNNPredictor(mh.CONV_DIM if mh.NUM_CONV else in_channels, mh.CONV_DIM, num_classes + 1),
+    )

@@ -5,6 +5,7 @@ or listed here with the values the engine implements; any other value is refused
 :func:`check_supported` with an error naming the key. ``tests/test_supported.py`` checks that every
 key is one or the other.
 """
+from ..builders import BODY_BACKBONES, FPN_BACKBONES
 from ..config import ConfigError
 
 __all__ = ["FIXED", "NOT_READ", "check_supported"]
@@ -15,8 +16,8 @@ FIXED = {
     "MODEL.LOAD_PROPOSALS": ([False], "precomputed proposals are not supported"),
     "MODEL.KEYPOINT_ON": ([False], "keypoint heads are not built by this engine"),
     "MODEL.BACKBONE.NAME": (
-        ["build_resnet_backbones_fpn_backbone", "build_resnet_fpn_backbone"],
-        "this engine builds resnet_backbones' ResNet-FPN",
+        list(FPN_BACKBONES + BODY_BACKBONES),
+        "this engine builds resnet_backbones' ResNet-FPN (FPN) or ResNet body (C4, DC5)",
     ),
     "MODEL.PROPOSAL_GENERATOR.NAME": (["RPN"], "only the RPN is built"),
     "MODEL.ANCHOR_GENERATOR.NAME": (["DefaultAnchorGenerator"], "rotated anchors are not supported"),
@@ -24,9 +25,9 @@ FIXED = {
     "MODEL.RPN.IOU_LABELS": ([[0, -1, 1]], "RPN labels are background/ignore/foreground"),
     "MODEL.RPN.BBOX_REG_LOSS_TYPE": (["smooth_l1"], "only smooth_l1 box losses are implemented"),
     "MODEL.RPN.CONV_DIMS": ([[-1]], "the RPN head has one conv with the input's channels"),
-    "MODEL.ROI_HEADS.NAME": (["StandardROIHeads"], "FPN ROI heads only (no Res5ROIHeads/Cascade)"),
+    "MODEL.ROI_HEADS.NAME": (["StandardROIHeads", "Res5ROIHeads"], "standard (FPN, DC5) or res5 (C4) ROI heads; "
+                             "no cascade"),
     "MODEL.ROI_HEADS.IOU_LABELS": ([[0, 1]], "ROI labels are background/foreground"),
-    "MODEL.ROI_BOX_HEAD.NAME": (["FastRCNNConvFCHead"], "the box head is convs + FCs"),
     "MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE": (["smooth_l1"], "only smooth_l1 box losses are implemented"),
     "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG": ([False], "box regression is class-specific"),
     "MODEL.ROI_BOX_HEAD.TRAIN_ON_PRED_BOXES": ([False], "not supported"),
@@ -61,7 +62,6 @@ NOT_READ = {
     "MODEL.ANCHOR_GENERATOR.ANGLES": "MODEL.ANCHOR_GENERATOR.NAME (rotated anchors only)",
     "MODEL.RESNETS.DEFORM_MODULATED": "MODEL.RESNETS.DEFORM_ON_PER_STAGE",
     "MODEL.RESNETS.DEFORM_NUM_GROUPS": "MODEL.RESNETS.DEFORM_ON_PER_STAGE",
-    "MODEL.RESNETS.OUT_FEATURES": "MODEL.FPN.IN_FEATURES (the FPN builder takes the body's outputs from it)",
     "INPUT.CROP.TYPE": "INPUT.CROP.ENABLED",
     "INPUT.CROP.SIZE": "INPUT.CROP.ENABLED",
     "DATASETS.PROPOSAL_FILES_TRAIN": "MODEL.LOAD_PROPOSALS",
@@ -99,8 +99,13 @@ def check_supported(cfg) -> None:
         problems.append(f"MODEL.ROI_HEADS.IOU_THRESHOLDS={cfg.MODEL.ROI_HEADS.IOU_THRESHOLDS} (one threshold)")
     if len(cfg.MODEL.RPN.IOU_THRESHOLDS) != 2:
         problems.append(f"MODEL.RPN.IOU_THRESHOLDS={cfg.MODEL.RPN.IOU_THRESHOLDS} (two thresholds)")
-    if not cfg.MODEL.FPN.IN_FEATURES:
-        problems.append("MODEL.FPN.IN_FEATURES is empty (this engine builds FPN models: set res2..res5)")
+    fpn = cfg.MODEL.BACKBONE.NAME in FPN_BACKBONES
+    if fpn and not cfg.MODEL.FPN.IN_FEATURES:
+        problems.append("MODEL.FPN.IN_FEATURES is empty (an FPN backbone: set res2..res5)")
+    # Res5ROIHeads builds its box predictor on res5 itself (detectron2 reads no ROI_BOX_HEAD.NAME there).
+    if cfg.MODEL.ROI_HEADS.NAME == "StandardROIHeads" and cfg.MODEL.ROI_BOX_HEAD.NAME != "FastRCNNConvFCHead":
+        problems.append(f"MODEL.ROI_BOX_HEAD.NAME={cfg.MODEL.ROI_BOX_HEAD.NAME!r} (allowed with StandardROIHeads: "
+                        "['FastRCNNConvFCHead']; the box head is convs + FCs)")
     if problems:
         raise ConfigError(
             "the torchvision engine cannot honour these config values (use --engine detectron2 where "

@@ -13,5 +13,6 @@ from .formats import (
     load_pickle,
     parse_weights,
 )
-from .loader import LoadReport, check_stride_convention, load_backbone_weights, match_body_state, read_weights
+from .loader import (LoadReport, check_stride_convention, load_backbone_weights, match_body_state,
+                     match_res5_head_state, read_weights)
 from .convert import save_converted

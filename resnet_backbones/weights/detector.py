@@ -1,8 +1,8 @@
 """Detector checkpoints between detectron2's layout and the torchvision engine's, every tensor accounted for.
 
-detectron2 (``GeneralizedRCNN`` with ``StandardROIHeads``)       torchvision engine (``GeneralizedRCNN``)
+detectron2 (``GeneralizedRCNN``, FPN, C4 or DC5)                 torchvision engine (``GeneralizedRCNN``)
 -------------------------------------------------------------  ---------------------------------------------
-backbone.*                                                      backbone.* (same modules: our FPN)
+backbone.*                                                      backbone.* (same modules: our FPN or body)
 proposal_generator.rpn_head.conv.*                              rpn.head.conv.0.0.*
 proposal_generator.rpn_head.objectness_logits.*                 rpn.head.cls_logits.*
 proposal_generator.rpn_head.anchor_deltas.*                     rpn.head.bbox_pred.*
@@ -16,6 +16,7 @@ roi_heads.mask_head.mask_fcn{k}.* / .norm.*                     roi_heads.mask_h
 roi_heads.mask_head.deconv.*                                    roi_heads.mask_predictor.conv5_mask.*
 roi_heads.mask_head.predictor.*  (C channels)                   roi_heads.mask_predictor.mask_fcn_logits.*
                                                                     (background channel 0, unused)
+roi_heads.res5.*  (C4: ``Res5ROIHeads``)                        roi_heads.res5.* (same modules: our res5)
 
 The RPN head's channel order needs no change because the torchvision engine's anchor generator orders
 anchors as detectron2's (size-major, then aspect ratio). Tensors of older detectron2 checkpoints that
@@ -32,6 +33,8 @@ from .formats import WeightsError
 
 __all__ = ["DetectorWeights", "detector_layout", "to_torchvision", "to_detectron2", "num_classes_of"]
 
+# The C4 res5 head: our block modules on both engines (detectron2's Res5ROIHeads names them the same).
+_RES5 = re.compile(r"^roi_heads\.res5\.\d+\.(conv[123]|shortcut)\.(weight|norm\.(weight|bias|running_mean|running_var|num_batches_tracked))$")
 _D2_OBSOLETE = re.compile(r"^(pixel_mean|pixel_std|proposal_generator\.anchor_generator\.cell_anchors\.\d+)$")
 
 
@@ -90,6 +93,7 @@ def _rules_d2_to_tv(n_conv: int) -> List[Tuple[re.Pattern, Callable[[re.Match], 
          lambda m: "roi_heads.mask_predictor.conv5_mask." + m.group(1)),
         (re.compile(r"^roi_heads\.mask_head\.predictor\.(weight|bias)$"),
          lambda m: "roi_heads.mask_predictor.mask_fcn_logits." + m.group(1)),
+        (_RES5, lambda m: m.group(0)),
     ]
 
 
@@ -118,6 +122,7 @@ def _rules_tv_to_d2(n_conv: int) -> List[Tuple[re.Pattern, Callable[[re.Match], 
          lambda m: "roi_heads.mask_head.deconv." + m.group(1)),
         (re.compile(r"^roi_heads\.mask_predictor\.mask_fcn_logits\.(weight|bias)$"),
          lambda m: "roi_heads.mask_head.predictor." + m.group(1)),
+        (_RES5, lambda m: m.group(0)),
     ]
 
 
@@ -132,7 +137,7 @@ def _rename(state, rules, source: str) -> Dict[str, torch.Tensor]:
         else:
             unknown.append(k)
     if unknown:
-        raise WeightsError(f"{source}: {len(unknown)} tensors are not part of a (Mask) R-CNN FPN detector of this "
+        raise WeightsError(f"{source}: {len(unknown)} tensors are not part of a (Mask) R-CNN (FPN, C4, DC5) detector of this "
                            f"layout: {sorted(unknown)[:12]}")
     return out
 

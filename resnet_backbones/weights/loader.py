@@ -4,6 +4,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Union
 
+import torch
 from torch import nn
 
 from ..modeling.fpn import FPN
@@ -92,6 +93,29 @@ def match_body_state(body: ResNet, weights: Weights):
     if bad:
         raise WeightsError(f"{len(bad)} shapes differ (depth, num_groups, width_per_group?): {bad[:8]}")
     return src, dropped
+
+
+def match_res5_head_state(head: nn.Module, weights: Weights, prefix: str = "roi_heads.res5.") -> Dict[str, torch.Tensor]:
+    """The source's ``res5.*`` tensors for the C4 detector's per-RoI res5 stage (``Res5ROIHeads.res5`` on
+    either engine), keyed ``prefix + block...``: every head tensor accounted for, shapes checked, and the
+    stride convention checked against the head itself (its first block's 1x1 conv has stride 2 exactly
+    when it was built with ``stride_in_1x1``).
+    """
+    stride_in_1x1 = head[0].conv1.stride[0] > 1 if hasattr(head[0], "conv1") else None
+    check_stride_convention(weights.conventions, stride_in_1x1, weights.source)
+    target = {k: v for k, v in head.state_dict().items() if not k.endswith("num_batches_tracked")}
+    src = {k[len("res5."):]: v for k, v in weights.body.items() if k.startswith("res5.")}
+    missing, unused = sorted(set(target) - set(src)), sorted(set(src) - set(target))
+    if missing or unused:
+        raise WeightsError(
+            f"{weights.source or 'checkpoint'} does not fit the res5 head (MODEL.ROI_HEADS.NAME Res5ROIHeads): "
+            f"{len(missing)} missing {[prefix + k for k in missing[:8]]}, {len(unused)} unused "
+            f"{['res5.' + k for k in unused[:8]]}. Check depth, num_groups/width_per_group and norm.")
+    bad = [f"{prefix}{k}: checkpoint {tuple(src[k].shape)} vs model {tuple(target[k].shape)}"
+           for k in target if src[k].shape != target[k].shape]
+    if bad:
+        raise WeightsError(f"{len(bad)} res5 head shapes differ (depth, num_groups, width_per_group?): {bad[:8]}")
+    return {prefix + k: src[k] for k in target}
 
 
 def load_backbone_weights(

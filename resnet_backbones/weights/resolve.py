@@ -18,7 +18,7 @@ from .catalog import fetch_source
 from .conventions import known_conventions
 from .detector import detector_layout, num_classes_of, to_detectron2, to_torchvision
 from .formats import WeightsError, load_file, parse_weights
-from .loader import match_body_state
+from .loader import match_body_state, match_res5_head_state
 
 __all__ = ["ResolvedWeights", "check_cfg_conventions", "resolve_model_weights", "load_model_weights"]
 
@@ -129,6 +129,11 @@ def resolve_model_weights(model: nn.Module, cfg, *, layout: str, source: Optiona
     tensors, dropped = match_body_state(model.backbone.bottom_up if prefix.endswith("bottom_up.") else model.backbone,
                                         weights)
     out = {prefix + k: v for k, v in tensors.items()}
+    res5 = getattr(getattr(model, "roi_heads", None), "res5", None)  # the C4 head (Res5ROIHeads)
+    if res5 is not None:
+        head = match_res5_head_state(res5, weights)
+        out.update(head)
+        dropped = [k for k in dropped if "roi_heads." + k not in head]
     if prefix.endswith("bottom_up."):  # FPN tensors of a detectron2 checkpoint, if it has them
         fpn_keys = {k for k in model_state if k.startswith("backbone.") and not k.startswith(prefix)}
         out.update({k: torch.as_tensor(v) for k, v in weights.extra.items() if k in fpn_keys})

@@ -13,7 +13,7 @@ converter (:mod:`resnet_backbones.weights.detector`) moves the rows.
 from .anchors import Detectron2AnchorGenerator
 from .masks import mask_targets_like_detectron2, paste_masks_like_detectron2
 from .poolers import MultiLevelRoIAlign
-from .roi_heads import Detectron2ROIHeads, init_heads_like_detectron2
+from .roi_heads import Detectron2Res5ROIHeads, Detectron2ROIHeads, init_heads_like_detectron2
 from .rpn import Detectron2RPN
 from .transform import Detectron2Transform, resize_like_detectron2, resized_shape_like_detectron2
 
@@ -21,6 +21,7 @@ __all__ = [
     "Detectron2AnchorGenerator",
     "Detectron2RPN",
     "Detectron2ROIHeads",
+    "Detectron2Res5ROIHeads",
     "Detectron2Transform",
     "MultiLevelRoIAlign",
     "init_heads_like_detectron2",

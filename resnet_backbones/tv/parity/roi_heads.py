@@ -1,6 +1,6 @@
-"""detectron2's ``StandardROIHeads`` (modeling/roi_heads/roi_heads.py, fast_rcnn.py, mask_head.py) on
-torchvision's ``RoIHeads``, and detectron2's initialisation of the heads."""
-from typing import Dict, List
+"""detectron2's ``StandardROIHeads`` and ``Res5ROIHeads`` (modeling/roi_heads/roi_heads.py, fast_rcnn.py,
+mask_head.py) on torchvision's ``RoIHeads``, and detectron2's initialisation of the heads."""
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -11,7 +11,7 @@ from torchvision.ops import batched_nms, clip_boxes_to_image
 
 from .masks import mask_targets_like_detectron2
 
-__all__ = ["Detectron2ROIHeads", "init_heads_like_detectron2"]
+__all__ = ["Detectron2ROIHeads", "Detectron2Res5ROIHeads", "init_heads_like_detectron2"]
 
 
 class Detectron2ROIHeads(RoIHeads):
@@ -100,6 +100,26 @@ class Detectron2ROIHeads(RoIHeads):
         logits = mask_logits[torch.arange(len(labels), device=labels.device), labels]
         return F.binary_cross_entropy_with_logits(logits.float(), gt, reduction="mean")
 
+    @staticmethod
+    def foreground(proposals, matched_idxs, labels):
+        """The sampled foreground proposals per image, their matched gt indices and labels (detectron2's
+        ``select_foreground_proposals``), and a mask over all sampled proposals selecting them."""
+        positive = [torch.where(lab > 0)[0] for lab in labels]
+        return ([p[i] for p, i in zip(proposals, positive)], [m[i] for m, i in zip(matched_idxs, positive)],
+                [lab[i] for lab, i in zip(labels, positive)], torch.cat(labels) > 0)
+
+    @staticmethod
+    def attach_mask_probs(result, mask_logits) -> None:
+        """``mask_rcnn_inference``: the sigmoid of each detection's own class channel, as ``masks``."""
+        probs = mask_logits.float().sigmoid()
+        counts = [len(r["boxes"]) for r in result]
+        for p, r in zip(probs.split(counts), result):
+            r["masks"] = p[torch.arange(len(p), device=p.device), r["labels"]][:, None]
+
+    def detections(self, class_logits, box_regression, proposals, image_shapes):
+        boxes, scores, classes = self.postprocess_detections(class_logits, box_regression, proposals, image_shapes)
+        return [{"boxes": b, "labels": c, "scores": s} for b, c, s in zip(boxes, classes, scores)]
+
     def forward(self, features, proposals, image_shapes, targets=None):
         if self.training:
             proposals, matched_idxs, labels, regression_targets = self.select_training_samples(proposals, targets)
@@ -110,25 +130,66 @@ class Detectron2ROIHeads(RoIHeads):
         if self.training:
             losses = self.box_losses(class_logits, box_regression, labels, regression_targets)
         else:
-            boxes, scores, classes = self.postprocess_detections(class_logits, box_regression, proposals, image_shapes)
-            result = [{"boxes": b, "labels": c, "scores": s} for b, c, s in zip(boxes, classes, scores)]
+            result = self.detections(class_logits, box_regression, proposals, image_shapes)
         if self.has_mask():
             if self.training:  # the mask head trains on the sampled foreground proposals
-                positive = [torch.where(lab > 0)[0] for lab in labels]
-                mask_proposals = [p[i] for p, i in zip(proposals, positive)]
-                pos_matched = [m[i] for m, i in zip(matched_idxs, positive)]
-                pos_labels = [lab[i] for lab, i in zip(labels, positive)]
+                mask_proposals, pos_matched, pos_labels, _ = self.foreground(proposals, matched_idxs, labels)
             else:
                 mask_proposals = [r["boxes"] for r in result]
             mask_logits = self.mask_predictor(self.mask_head(self.mask_roi_pool(features, mask_proposals, image_shapes)))
             if self.training:
                 losses["loss_mask"] = self.mask_loss(mask_logits, mask_proposals, targets, pos_labels, pos_matched)
             else:
-                probs = mask_logits.float().sigmoid()
-                counts = [len(r["boxes"]) for r in result]
-                for p, r in zip(probs.split(counts), result):
-                    r["masks"] = p[torch.arange(len(p), device=p.device), r["labels"]][:, None]
+                self.attach_mask_probs(result, mask_logits)
         return result, losses
+
+
+class Detectron2Res5ROIHeads(Detectron2ROIHeads):
+    """detectron2's ``Res5ROIHeads`` (modeling/roi_heads/roi_heads.py): the C4 detector of the ResNet
+    paper (the seed's section 7.3), whose whole res5 stage runs per RoI.
+
+    - ``_shared_roi_transform``: ROIAlign of each box on res4 (``pooler``: one level, stride 16,
+      ROI_BOX_HEAD.POOLER_RESOLUTION / POOLER_SAMPLING_RATIO / POOLER_TYPE), then ``res5`` (built by
+      :func:`resnet_backbones.modeling.build_res5_head`: the body's block code and parameter names,
+      first block at stride 2);
+    - the box predictor on ``box_features.mean(dim=[2, 3])``; sampling, losses and inference as
+      :class:`Detectron2ROIHeads` (``label_and_sample_proposals``, ``FastRCNNOutputLayers``);
+    - masks (MODEL.MASK_ON): in training the mask head runs on the res5 features of the foreground
+      proposals already computed for the boxes (``select_foreground_proposals``), at inference on res5 of
+      the pooled detections (``forward_with_given_boxes``). detectron2's C4 mask head has
+      ROI_MASK_HEAD.NUM_CONV 0: ``mask_head`` is then empty and ``mask_predictor`` is the deconv +
+      predictor (``MaskRCNNConvUpsampleHead``).
+    """
+
+    def __init__(self, pooler: nn.Module, res5: nn.Module, box_predictor: nn.Module, *,
+                 mask_head: Optional[nn.Module] = None, mask_predictor: Optional[nn.Module] = None, **kwargs):
+        super().__init__(pooler, nn.Identity(), box_predictor, mask_roi_pool=None, mask_head=mask_head,
+                         mask_predictor=mask_predictor, **kwargs)
+        self.res5 = res5
+
+    def has_mask(self) -> bool:
+        return self.mask_predictor is not None
+
+    def shared_roi_transform(self, features, boxes, image_shapes) -> torch.Tensor:
+        return self.res5(self.box_roi_pool(features, boxes, image_shapes))
+
+    def forward(self, features, proposals, image_shapes, targets=None):
+        if self.training:
+            proposals, matched_idxs, labels, regression_targets = self.select_training_samples(proposals, targets)
+        box_features = self.shared_roi_transform(features, proposals, image_shapes)
+        class_logits, box_regression = self.box_predictor(box_features.mean(dim=(2, 3)))
+        if self.training:
+            losses = self.box_losses(class_logits, box_regression, labels, regression_targets)
+            if self.has_mask():
+                mask_proposals, pos_matched, pos_labels, fg = self.foreground(proposals, matched_idxs, labels)
+                mask_logits = self.mask_predictor(self.mask_head(box_features[fg]))
+                losses["loss_mask"] = self.mask_loss(mask_logits, mask_proposals, targets, pos_labels, pos_matched)
+            return [], losses
+        result = self.detections(class_logits, box_regression, proposals, image_shapes)
+        if self.has_mask():
+            x = self.shared_roi_transform(features, [r["boxes"] for r in result], image_shapes)
+            self.attach_mask_probs(result, self.mask_predictor(self.mask_head(x)))
+        return result, {}
 
 
 def init_heads_like_detectron2(roi_heads: RoIHeads) -> None:

@@ -95,7 +95,7 @@ class Detectron2Transform(GeneralizedRCNNTransform):
     def __init__(self, *, min_size_train, sampling: str, max_size_train: int, min_size_test: int,
                  max_size_test: int, pixel_mean, pixel_std, size_divisibility: int, mask_threshold: float = 0.5):
         super().__init__(min_size=tuple(min_size_train), max_size=max_size_train, image_mean=list(pixel_mean),
-                         image_std=list(pixel_std), size_divisible=size_divisibility)
+                         image_std=list(pixel_std), size_divisible=max(size_divisibility, 1))  # 0: pad to the largest only
         if sampling == "range" and len(min_size_train) != 2:
             raise ValueError(f"INPUT.MIN_SIZE_TRAIN={list(min_size_train)} must be [min, max] with range sampling")
         self.sampling = sampling
