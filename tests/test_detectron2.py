@@ -300,3 +300,33 @@ def test_expected_results_are_verified_like_detectron2_train_net():
         verify_results(cfg, {"bbox": {"AP": 39.0}})
     with pytest.raises(ResultsVerificationError):
         ours(cfg, {"bbox": {"AP": 39.0}})
+
+
+# Our leaves and detectron2's model-zoo yaml of the same recipe (every published C4/DC5/FPN R-50/101 row).
+RECIPES = [(f"{kind}_R{d}{layout}{sched}.yaml",
+            f"{'COCO-Detection' if kind == 'faster_rcnn' else 'COCO-InstanceSegmentation'}/"
+            f"{kind}_R_{d}_{layout.strip('_') or 'FPN'}_{sched.strip('_') or '1x'}.yaml")
+           for kind in ("faster_rcnn", "mask_rcnn") for layout in ("_C4", "_DC5", "")
+           for d, sched in ((50, ""), (50, "_3x"), (101, "_3x"))]
+
+
+def _leaves(node, prefix=""):
+    for k, v in node.items():
+        if isinstance(v, dict):
+            yield from _leaves(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
+
+
+@pytest.mark.parametrize("ours, theirs", RECIPES)
+def test_recipes_equal_detectron2s_model_zoo_yaml_key_for_key(ours, theirs):
+    path = os.path.join(os.path.dirname(detectron2.__file__), "model_zoo", "configs", theirs)
+    assert os.path.isfile(path), path
+    a = dict(_leaves(load_config(ours, use_detectron2=True)))
+    b = dict(_leaves(load_config(path, use_detectron2=True)))
+    # The only difference: our body / body + FPN builder in place of detectron2's of the same architecture.
+    expected = "build_resnet_backbones_fpn_backbone" if "FPN" in theirs else "build_resnet_backbones_backbone"
+    assert (a.pop("MODEL.BACKBONE.NAME"), b.pop("MODEL.BACKBONE.NAME")) == (
+        expected, "build_resnet_fpn_backbone" if "FPN" in theirs else "build_resnet_backbone")
+    diff = {k: (a[k], b.get(k)) for k in a if a[k] != b.get(k)}
+    assert not diff, diff
