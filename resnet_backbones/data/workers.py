@@ -7,13 +7,10 @@ worker's whole traceback in it; printed as ``error: {e}`` that is two tracebacks
 message; both engines iterate their training and evaluation loaders inside it.
 """
 import contextlib
-import logging
 import re
 from typing import Optional
 
 __all__ = ["original_message", "plain_worker_errors"]
-
-logger = logging.getLogger(__name__)
 
 _WRAPPED = re.compile(r"^Caught \w+ in DataLoader worker process \d+\.\nOriginal Traceback")
 
@@ -39,16 +36,18 @@ def original_message(error: BaseException) -> Optional[str]:
 @contextlib.contextmanager
 def plain_worker_errors():
     """Re-raise an exception from a DataLoader worker as its type with the worker's message, without
-    the worker's traceback (logged at DEBUG level, for whoever debugs the loader)."""
+    the worker's traceback in the message (it is kept as a note: a printed traceback shows it, the
+    one-line ``error:`` of tools/train_net.py does not)."""
     try:
         yield
     except Exception as e:
         message = original_message(e)
         if message is None:
             raise
-        logger.debug("%s", e)
         try:
             plain = type(e)(message)
         except Exception:
             plain = RuntimeError(message)
+        if hasattr(plain, "add_note"):  # Python >= 3.11
+            plain.add_note(str(e))
         raise plain from None
