@@ -233,6 +233,10 @@ def add_resnet_backbones_config(cfg) -> None:
         losses (once 20 are there). 0 turns it off. 20: healthy runs spike to 2-3x their median (a late
         hard batch back at the initial loss ~10x); the blow-ups it is for reach 100-1000x (1-2 -> 161 ->
         1425), and grow geometrically, so a higher limit only costs an iteration or two (resnet_backbones.guard).
+    SKIP_UNREADABLE_IMAGES: in training (both engines), an image file that does not decode is skipped,
+        each logged once and their count in the end-of-run health line, instead of stopping with an error
+        naming it and the last checkpoint. Evaluation always stops on one (an AP without some of its images
+        is not that dataset's AP). tools/check_dataset.py decodes a whole dataset before a long run.
     """
     cfg.MODEL.RESNET_BACKBONES = CfgNode()
     cfg.MODEL.RESNET_BACKBONES.PREACTIVATION = False
@@ -246,6 +250,7 @@ def add_resnet_backbones_config(cfg) -> None:
     cfg.MODEL.RESNET_BACKBONES.OPTIMIZE_FOR_INFERENCE = False
     cfg.MODEL.RESNET_BACKBONES.INFERENCE_AMP = False
     cfg.MODEL.RESNET_BACKBONES.DIVERGENCE_THRESHOLD = 20.0
+    cfg.MODEL.RESNET_BACKBONES.SKIP_UNREADABLE_IMAGES = False
 
 
 def get_standalone_cfg() -> CfgNode:

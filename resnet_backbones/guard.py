@@ -7,13 +7,18 @@ pass; the detectron2 engine from a hook that runs before ``PeriodicCheckpointer`
 of the diverged iteration is written, and the exception ends training, so no final or interrupt
 checkpoint follows it.
 """
+import logging
 import math
 import os
+import signal
 import statistics
 from collections import deque
 from typing import Mapping, Optional
 
-__all__ = ["DivergenceError", "LossGuard", "evaluation_hint", "last_checkpoint", "random_frozen_bn_warning"]
+__all__ = ["DivergenceError", "LossGuard", "TrainingInterrupted", "checkpoint_note", "evaluation_hint",
+           "last_checkpoint", "random_frozen_bn_warning"]
+
+logger = logging.getLogger("resnet_backbones")
 
 # Running median over the last WINDOW total losses: long enough that a few noisy batches do not move
 # it, short enough to follow the loss as it falls (a 400-iteration quick schedule halves it in ~100).
@@ -32,6 +37,19 @@ class DivergenceError(FloatingPointError):
     """
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped by SIGINT or SIGTERM after the checkpoint of its last complete iteration.
+
+    ``signum`` is the signal (tools/train_net.py exits with 128 + signum: 130 for SIGINT, 143 for
+    SIGTERM, the statuses schedulers read); ``next_iter`` the iteration ``--resume`` continues at.
+    """
+
+    def __init__(self, signum: int, next_iter: int, checkpoint: str = ""):
+        self.signum, self.next_iter, self.checkpoint = int(signum), int(next_iter), checkpoint
+        super().__init__(f"stopped by {signal.Signals(self.signum).name} at iteration {self.next_iter}"
+                         + (f" after writing {checkpoint}; --resume continues from it" if checkpoint else ""))
+
+
 def last_checkpoint(output_dir: str) -> Optional[str]:
     """The checkpoint OUTPUT_DIR/last_checkpoint names (both engines write this marker), or None."""
     marker = os.path.join(output_dir, "last_checkpoint")
@@ -47,6 +65,20 @@ def _checkpoint_note(output_dir: str) -> str:
     if path is None:
         return f"No checkpoint has been written yet ({os.path.join(output_dir, 'last_checkpoint')} is absent)."
     return f"The last checkpoint, written before this iteration: {path}."
+
+
+def checkpoint_note(output_dir: str) -> str:
+    """Where a stopped run can continue from: the last checkpoint, or that none has been written."""
+    path = last_checkpoint(output_dir)
+    if path is None:
+        return f"No checkpoint has been written yet ({os.path.join(output_dir, 'last_checkpoint')} is absent)."
+    return f"The last checkpoint: {path} (--resume continues from it)."
+
+
+def _first_line(e: BaseException, limit: int = 300) -> str:
+    text = str(e).strip().splitlines()
+    line = text[0] if text else ""
+    return f"{type(e).__name__}: {line[:limit]}{'...' if len(line) > limit else ''}"
 
 
 def _advice(cfg) -> str:
@@ -95,6 +127,8 @@ class LossGuard:
         self._first: list = []  # the first summary_window (iteration, total_loss)
         self.largest = (0.0, None)  # (total_loss / median, iteration), after warm-up
         self.stopped: Optional[str] = None  # why the guard stopped training
+        self.ended: Optional[str] = None  # what else stopped it (an error, a signal): ended_by
+        self.skipped: set = set()  # unreadable images skipped (MODEL.RESNET_BACKBONES.SKIP_UNREADABLE_IMAGES)
 
     @classmethod
     def from_cfg(cls, cfg) -> "LossGuard":
@@ -137,16 +171,42 @@ class LossGuard:
         return FloatingPointError(f"loss became non-finite at iteration {iteration}: {losses}. {self.advice} "
                                   f"{_checkpoint_note(self.output_dir)}")
 
+    def ended_by(self, iteration: int, error: BaseException) -> None:
+        """Record that ``error`` ended training at ``iteration`` (the first one not completed), unless
+        the guard itself stopped it: the summary then says so instead of "healthy"."""
+        if self.stopped or self.ended:
+            return
+        if isinstance(error, TrainingInterrupted):
+            iteration, cause = error.next_iter, signal.Signals(error.signum).name
+        elif isinstance(error, KeyboardInterrupt):
+            cause = "KeyboardInterrupt"
+        else:
+            cause = f"an error ({_first_line(error)})"
+        self.ended = f"stopped at iteration {iteration} by {cause}"
+
+    def skip_unreadable(self, paths) -> None:
+        """Note images a batch skipped because they do not decode; each is logged once."""
+        for path in paths:
+            if path not in self.skipped:
+                self.skipped.add(path)
+                logger.warning("skipping unreadable image (MODEL.RESNET_BACKBONES.SKIP_UNREADABLE_IMAGES): %s", path)
+
     def summary(self) -> str:
-        """One line: healthy or not, and the total loss at the start and at the end (medians)."""
+        """One line: how training ended (healthy, diverged, or stopped at iteration N by an error or a
+        signal), the unreadable images skipped, and the total loss at the start and at the end (medians)."""
+        guard = f"{self.threshold:g}x" if self.threshold else "off (DIVERGENCE_THRESHOLD 0)"
+        ratio, at = self.largest
+        largest = (f"largest total_loss {ratio:.1f}x its running median, at iteration {at})" if at is not None
+                   else "too few iterations after warm-up to judge)")
         if self.stopped:
             health = f"NOT healthy: {self.stopped}"
+        elif self.ended:  # never "healthy": the run did not finish
+            health = f"{self.ended}; no non-finite loss or divergence before it (guard {guard}; {largest}"
         else:
-            guard = f"{self.threshold:g}x" if self.threshold else "off (DIVERGENCE_THRESHOLD 0)"
-            health = f"healthy: no non-finite loss, no divergence (guard {guard}"
-            ratio, at = self.largest
-            health += f"; largest total_loss {ratio:.1f}x its running median, at iteration {at})" if at is not None \
-                else "; too few iterations after warm-up to judge)"
+            health = f"healthy: no non-finite loss, no divergence (guard {guard}; {largest}"
+        if self.skipped:
+            health += (f"; {len(self.skipped)} unreadable image(s) skipped "
+                       "(MODEL.RESNET_BACKBONES.SKIP_UNREADABLE_IMAGES)")
         if not self._first:
             return f"Training health: {health}; no loss recorded"
         last = list(self._recent)[-self.summary_window:]

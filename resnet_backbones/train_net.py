@@ -9,13 +9,21 @@
 Engines: detectron2 (DefaultTrainer) when importable, else the torchvision engine; the same yaml
 means the same model on both. Trailing KEY VALUE pairs override a yaml config. A LazyConfig (.py)
 runs on the detectron2 engine with key=value overrides, as detectron2's lazyconfig_train_net.py.
+
+Exit status: 0 done; 2 an input error (config, dataset, image, weights: the message names the fix;
+no traceback); 1 a diverged or non-finite run, or TEST.EXPECTED_RESULTS not met; 130 / 143 stopped by
+SIGINT / SIGTERM after writing a checkpoint (128 + the signal, as schedulers expect).
 """
 import argparse
+import signal
 import sys
 
 from .config import ConfigError, load_config, resolve_config_path
 from .d2 import detectron2_available
-from .guard import last_checkpoint, random_frozen_bn_warning
+from .data import DatasetError
+from .data.workers import original_message
+from .guard import TrainingInterrupted, last_checkpoint, random_frozen_bn_warning
+from .weights import WeightsError
 
 
 def parse_args(argv=None):
@@ -35,6 +43,32 @@ def parse_args(argv=None):
     return p.parse_intermixed_args(argv)  # flags may follow the KEY VALUE pairs
 
 
+def _error(e: BaseException) -> str:
+    return f"error: {original_message(e) if original_message(e) is not None else e}"
+
+
+def run_guarded(fn, *args, **kwargs) -> int:
+    """Call ``fn`` (an engine's launch) and map how it ended to the exit status (module docstring),
+    printing one line for the known failures, without a traceback."""
+    from .tv.main import ResultsVerificationError
+
+    try:
+        fn(*args, **kwargs)
+    except (ConfigError, DatasetError, WeightsError) as e:  # input errors: the message names the fix
+        print(_error(e), file=sys.stderr)
+        return 2
+    except (ResultsVerificationError, FloatingPointError) as e:  # a failed check or a diverged run: exit 1
+        print(_error(e), file=sys.stderr)
+        return 1
+    except TrainingInterrupted as e:
+        print(f"{e}", file=sys.stderr)
+        return 128 + e.signum
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
+    return 0
+
+
 def _run_lazy(path: str, args, engine: str) -> int:
     """A LazyConfig (.py): detectron2's lazyconfig_train_net loop, on the detectron2 engine only."""
     if engine != "detectron2":
@@ -47,12 +81,7 @@ def _run_lazy(path: str, args, engine: str) -> int:
     from .d2.lazy import launch_lazy
 
     print(f"engine: detectron2 (LazyConfig); config: {path}", flush=True)
-    try:
-        launch_lazy(path, args)
-    except FloatingPointError as e:  # detectron2's non-finite loss check
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return run_guarded(launch_lazy, path, args)
 
 
 def main(argv=None) -> int:
@@ -83,28 +112,16 @@ def main(argv=None) -> int:
     if engine == "detectron2":
         from .d2.train import launch_detectron2
 
-        try:
-            launch_detectron2(cfg, path, args)
-        except FloatingPointError as e:  # non-finite or diverged loss (resnet_backbones.guard): exit 1
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-        return 0
-    from .data import DatasetError
+        return run_guarded(launch_detectron2, cfg, path, args)
     from .tv import check_supported, launch
-    from .tv.main import ResultsVerificationError, main as tv_main
-    from .weights import WeightsError
+    from .tv.main import main as tv_main
 
-    try:
+    def run():
         check_supported(cfg)
         launch(tv_main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
                dist_url=args.dist_url, args=(cfg, path, args.eval_only, args.resume))
-    except (ConfigError, DatasetError, WeightsError) as e:  # input errors: the message names the fix
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except (ResultsVerificationError, FloatingPointError) as e:  # a failed check or a diverged run: exit 1
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+
+    return run_guarded(run)
 
 
 def cli() -> None:

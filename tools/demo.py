@@ -14,11 +14,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from PIL import Image, ImageOps  # noqa: E402
+from PIL import Image  # noqa: E402
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks  # noqa: E402
 
 from resnet_backbones.config import ConfigError, load_config  # noqa: E402
-from resnet_backbones.data import DatasetError  # noqa: E402
+from resnet_backbones.data import DatasetError, read_image  # noqa: E402
 from resnet_backbones.weights import WeightsError  # noqa: E402
 
 
@@ -27,8 +27,11 @@ def class_names(cfg):
 
     try:
         return COCOInstances(get_dataset(cfg.DATASETS.TRAIN[0], cfg)).class_names
-    except (DatasetError, IndexError):
-        return [str(i) for i in range(1, cfg.MODEL.ROI_HEADS.NUM_CLASSES + 1)]
+    except IndexError:
+        pass
+    except DatasetError as e:
+        print(f"warning: class names as indices: {str(e).splitlines()[0]}", file=sys.stderr)
+    return [str(i) for i in range(1, cfg.MODEL.ROI_HEADS.NUM_CLASSES + 1)]
 
 
 def draw(image_rgb: np.ndarray, out: dict, names, threshold: float) -> Image.Image:
@@ -66,10 +69,9 @@ def main(argv=None) -> int:
     os.makedirs(args.output, exist_ok=True)
     for path in args.input:
         try:
-            with Image.open(path) as im:  # EXIF orientation applied, as detectron2's read_image
-                rgb = np.array(ImageOps.exif_transpose(im).convert("RGB"))
-        except Exception as e:
-            print(f"error: cannot read image {path}: {e}", file=sys.stderr)
+            rgb = read_image(path)  # the engines' reader: EXIF orientation applied, as detectron2's read_image
+        except DatasetError as e:
+            print(f"error: {e}", file=sys.stderr)
             return 2
         tensor = torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
         if cfg.INPUT.FORMAT == "BGR":

@@ -1,13 +1,17 @@
 """The detectron2 engine: thin glue over DefaultTrainer (COCOEvaluator, our checkpointer, our datasets)."""
 import logging
 import os
+import signal
+import sys
+import threading
 import time
 import warnings
 import weakref
 from typing import Iterable
 
 import torch
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import (DatasetCatalog, DatasetMapper, MetadataCatalog, build_detection_test_loader,
+                             build_detection_train_loader)
 from detectron2.data.datasets import load_coco_json
 from detectron2.engine import AMPTrainer, DefaultTrainer, HookBase, SimpleTrainer, launch
 from detectron2.evaluation import COCOEvaluator, verify_results
@@ -15,15 +19,19 @@ from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
-from ..data import get_dataset, registered_datasets
-from ..guard import LossGuard, evaluation_hint
+from ..config import ConfigError
+from ..data import DatasetError, get_dataset, registered_datasets
+from ..data.validate import UnreadableImageError, read_image
+from ..data.workers import plain_worker_errors
+from ..guard import LossGuard, TrainingInterrupted, checkpoint_note, evaluation_hint, last_checkpoint
+from ..weights import WeightsError
 from ..builders import inference_runner
 from ..solver import amp_dtype
 from .backbone import register_backbones
 from .checkpoint import ResnetBackbonesCheckpointer
 
-__all__ = ["CPUAutocastTrainer", "DivergenceHook", "Trainer", "register_dataset_names", "register_datasets",
-           "launch_detectron2"]
+__all__ = ["CPUAutocastTrainer", "DivergenceHook", "ReadCheckedMapper", "SignalCheckpointHook", "Trainer",
+           "register_dataset_names", "register_datasets", "launch_detectron2"]
 
 logger = logging.getLogger("resnet_backbones")
 
@@ -46,6 +54,65 @@ def register_dataset_names(names: Iterable[str], cfg=None) -> None:
 def register_datasets(cfg) -> None:
     """:func:`register_dataset_names` for DATASETS.TRAIN and DATASETS.TEST."""
     register_dataset_names(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST), cfg)
+
+
+class ReadCheckedMapper:
+    """detectron2's DatasetMapper whose failure on an image file that does not decode becomes our
+    :class:`UnreadableImageError` naming the file (the torchvision engine's message, from the same
+    :func:`resnet_backbones.data.read_image`); other failures pass unchanged, and nothing is read twice
+    unless the mapper fails.
+
+    With ``skip`` (MODEL.RESNET_BACKBONES.SKIP_UNREADABLE_IMAGES, training only) it returns None, which
+    detectron2's ``MapDataset`` documents as "skip": it maps another, random image instead. That image
+    is the next successful call in the same worker, so its dict carries ``"unreadable"`` (the files
+    skipped for it), which :class:`_CountSkipped` hands to the guard on the main process.
+    """
+
+    def __init__(self, mapper, *, skip: bool = False):
+        self.mapper = mapper
+        self.skip = skip
+        self._pending = []
+
+    def __call__(self, dataset_dict):
+        try:
+            out = self.mapper(dataset_dict)
+        except Exception:
+            path = dataset_dict["file_name"]
+            try:
+                read_image(path)
+            except UnreadableImageError as bad:
+                if not self.skip:
+                    raise bad from None
+                self._pending.append(path)
+                return None
+            except DatasetError as missing:
+                raise missing from None
+            raise
+        if self._pending:
+            out["unreadable"], self._pending = self._pending, []
+        return out
+
+
+class _CountSkipped:
+    """The training loader, passing each batch's skipped files (``"unreadable"``) to the guard."""
+
+    def __init__(self, loader, guard: LossGuard):
+        self.loader, self.guard = loader, guard
+
+    def __iter__(self):
+        for batch in self.loader:
+            self.guard.skip_unreadable(p for d in batch for p in d.pop("unreadable", ()))
+            yield batch
+
+
+class _QuietInputErrors(logging.Filter):
+    """Drops detectron2's "Exception during training:" traceback for input errors: tools/train_net.py
+    prints their one-line message (naming the file and the fix) and exits with status 2."""
+
+    def filter(self, record):
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (record.getMessage() == "Exception during training:"
+                    and isinstance(exc, (ConfigError, DatasetError, WeightsError)))
 
 
 class CPUAutocastTrainer(SimpleTrainer):
@@ -118,32 +185,88 @@ class DivergenceHook(HookBase):
             self.guard.observe(it, losses)
 
     def after_train(self):
+        # Called from TrainerBase.train's finally: an exception on its way out is how the run ended.
+        error = sys.exc_info()[1]
+        if error is not None:
+            self.guard.ended_by(self.trainer.iter, error)
         if comm.is_main_process():
             logger.info(self.guard.summary())
 
 
+class SignalCheckpointHook(HookBase):
+    """SIGINT / SIGTERM stop training after the current iteration with a checkpoint of it, then raise
+    :class:`TrainingInterrupted` (exit 130 / 143), as the torchvision engine does; ``--resume``
+    continues at the next iteration. Register it last, after PeriodicCheckpointer and the writers."""
+
+    def __init__(self):
+        self._signum = None
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        logger.warning("signal %d: stopping after this iteration and saving a checkpoint", signum)
+        self._signum = signum
+
+    def before_train(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def after_step(self):
+        if self._signum is None:
+            return
+        it = self.trainer.iter
+        self.trainer.checkpointer.save(f"model_{it:07d}", iteration=it)
+        raise TrainingInterrupted(self._signum, it + 1, last_checkpoint(self.trainer.cfg.OUTPUT_DIR) or "")
+
+    def after_train(self):
+        for s, h in self._previous.items():
+            signal.signal(s, h)
+        self._previous = {}
+
+
 class Trainer(DefaultTrainer):
     """DefaultTrainer whose MODEL.WEIGHTS go through :class:`ResnetBackbonesCheckpointer`, whose
-    SOLVER.AMP.ENABLED also works on a CPU (:func:`_inner_trainer_for_device`), and which stops on a
-    diverged loss before it is checkpointed (:class:`DivergenceHook`)."""
+    SOLVER.AMP.ENABLED also works on a CPU (:func:`_inner_trainer_for_device`), which stops on a
+    diverged loss before it is checkpointed (:class:`DivergenceHook`), on SIGINT/SIGTERM after a
+    checkpoint (:class:`SignalCheckpointHook`), and on an unreadable image with the file named
+    (:class:`ReadCheckedMapper`; skipped instead with MODEL.RESNET_BACKBONES.SKIP_UNREADABLE_IMAGES)."""
 
     def __init__(self, cfg):
+        self.guard = LossGuard.from_cfg(cfg)
         with warnings.catch_warnings():  # the AMPTrainer we replace off CUDA makes a CUDA GradScaler
             warnings.filterwarnings("ignore", message=".*GradScaler is enabled, but CUDA is not available")
             super().__init__(cfg)
         self._trainer = _inner_trainer_for_device(cfg, self._trainer)
+        self._trainer.data_loader = _CountSkipped(self._trainer.data_loader, self.guard)
         self.checkpointer = ResnetBackbonesCheckpointer(
             self._trainer.model, cfg.OUTPUT_DIR, cfg=cfg, trainer=weakref.proxy(self))
+        train_loop_logger = logging.getLogger("detectron2.engine.train_loop")
+        if not any(isinstance(f, _QuietInputErrors) for f in train_loop_logger.filters):
+            train_loop_logger.addFilter(_QuietInputErrors())
 
     def build_hooks(self):
-        self.guard = LossGuard.from_cfg(self.cfg)
-        return [DivergenceHook(self.guard)] + super().build_hooks()
+        return [DivergenceHook(self.guard)] + super().build_hooks() + [SignalCheckpointHook()]
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        skip = cfg.MODEL.RESNET_BACKBONES.SKIP_UNREADABLE_IMAGES
+        return build_detection_train_loader(cfg, mapper=ReadCheckedMapper(DatasetMapper(cfg, True), skip=skip))
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        # Never skipped in evaluation: an AP without some of its images is not that dataset's AP.
+        return build_detection_test_loader(cfg, dataset_name, mapper=ReadCheckedMapper(DatasetMapper(cfg, False)))
 
     def run_step(self):
         try:
-            super().run_step()
+            with plain_worker_errors():  # a loader worker's error with its own message
+                super().run_step()
         except FloatingPointError as e:  # SimpleTrainer.write_metrics' non-finite check (before the step)
             raise self.guard.non_finite(self.iter, str(e).split("loss_dict = ")[-1]) from e
+        except DatasetError as e:
+            skip = (" Or skip unreadable images: MODEL.RESNET_BACKBONES.SKIP_UNREADABLE_IMAGES True."
+                    if isinstance(e, UnreadableImageError) else "")
+            raise type(e)(f"training stopped at iteration {self.iter}: {e}.{skip} "
+                          f"{checkpoint_note(self.cfg.OUTPUT_DIR)}") from None
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
@@ -153,7 +276,8 @@ class Trainer(DefaultTrainer):
     @classmethod
     def test(cls, cfg, model, evaluators=None):
         # MODEL.RESNET_BACKBONES.OPTIMIZE_FOR_INFERENCE / INFERENCE_AMP, as on the torchvision engine.
-        results = super().test(cfg, inference_runner(cfg, model, torch.device(cfg.MODEL.DEVICE)), evaluators)
+        with plain_worker_errors():  # a loader worker's error (an unreadable image) with its own message
+            results = super().test(cfg, inference_runner(cfg, model, torch.device(cfg.MODEL.DEVICE)), evaluators)
         if comm.is_main_process() and len(cfg.DATASETS.TEST):
             # One dataset: {"bbox": {...}}; several: {name: {"bbox": {...}}} (DefaultTrainer.test).
             per_dataset = results if len(cfg.DATASETS.TEST) > 1 else {cfg.DATASETS.TEST[0]: results}

@@ -2,3 +2,4 @@
 from .catalog import DatasetError, DatasetSpec, get_dataset, register_coco_instances, registered_datasets
 from .dataset import COCOInstances, InferenceSampler, TrainingBatchSampler, collate
 from .synthetic import ensure_synthetic
+from .validate import DatasetValidationError, UnreadableImageError, check_images, read_image, validate_coco

@@ -92,10 +92,14 @@ _register_variants()
 
 
 def get_dataset(name: str, cfg=None) -> DatasetSpec:
-    """Resolve a registered name to its files, generating the synthetic data on first use.
+    """Resolve a registered name to its files, generating the synthetic data on first use, and check
+    them (:func:`resnet_backbones.data.validate.validate_coco`: every listed image exists, every
+    annotation has a known category and image and a finite box; both engines come through here
+    before their first iteration).
 
     Raises:
-        DatasetError: unknown name, or files missing (never a silent switch to other data).
+        DatasetError: unknown name, or files missing (never a silent switch to other data);
+            DatasetValidationError: the json or its files fail the checks (one message for all).
     """
     if name not in _REGISTRY:
         raise DatasetError(
@@ -115,4 +119,7 @@ def get_dataset(name: str, cfg=None) -> DatasetSpec:
             if name in _COCO else "check the paths given to register_coco_instances"
         )
         raise DatasetError(f"dataset {name!r}: {os.path.abspath(missing)} does not exist; {hint}")
+    from .validate import validate_coco  # imports this module
+
+    validate_coco(spec.json_file, spec.image_root, name)
     return spec

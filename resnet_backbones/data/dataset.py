@@ -6,11 +6,11 @@ from typing import Dict, Iterator, List, Sequence, Tuple
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
 from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 
 from .catalog import DatasetError, DatasetSpec
+from .validate import UnreadableImageError, read_image
 
 __all__ = ["COCOInstances", "TrainingBatchSampler", "InferenceSampler", "collate"]
 
@@ -28,10 +28,15 @@ class COCOInstances(torch.utils.data.Dataset):
 
     Crowd annotations are skipped (detectron2's DatasetMapper drops them); with ``filter_empty``
     images without a non-crowd annotation are dropped (DATALOADER.FILTER_EMPTY_ANNOTATIONS).
+
+    An image that does not decode raises :class:`UnreadableImageError` naming it; with
+    ``skip_unreadable`` (MODEL.RESNET_BACKBONES.SKIP_UNREADABLE_IMAGES, training only) the next
+    readable image of the dataset takes its place (same flip: the batch keeps its size and the stream
+    stays a function of the seed), and ``target["unreadable"]`` lists the files skipped for it.
     """
 
     def __init__(self, spec: DatasetSpec, *, input_format: str = "RGB", with_masks: bool = False,
-                 filter_empty: bool = False, mask_format: str = "bitmask"):
+                 filter_empty: bool = False, mask_format: str = "bitmask", skip_unreadable: bool = False):
         if input_format not in ("RGB", "BGR"):
             raise ValueError(f"INPUT.FORMAT={input_format!r}: this engine reads RGB or BGR images")
         if mask_format not in ("polygon", "bitmask"):
@@ -40,6 +45,7 @@ class COCOInstances(torch.utils.data.Dataset):
         self.input_format = input_format
         self.with_masks = with_masks
         self.mask_format = mask_format
+        self.skip_unreadable = skip_unreadable
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
             try:
                 self.coco = COCO(spec.json_file)
@@ -84,16 +90,7 @@ class COCOInstances(torch.utils.data.Dataset):
     def load_image(self, index: int) -> np.ndarray:
         info = self.coco.imgs[self.image_ids[index]]
         path = os.path.join(self.spec.image_root, info["file_name"])
-        try:
-            with Image.open(path) as im:
-                array = np.array(ImageOps.exif_transpose(im).convert("RGB"))
-        except FileNotFoundError as e:
-            raise DatasetError(f"image {path} listed in {self.spec.json_file} does not exist") from e
-        except Exception as e:
-            raise DatasetError(
-                f"cannot read image {path} ({type(e).__name__}: {e}); the file is corrupt or not an image: "
-                f"replace it or remove it from {self.spec.json_file}"
-            ) from e
+        array = read_image(path, self.spec.json_file)
         if array.shape[:2] != (info["height"], info["width"]):
             raise DatasetError(
                 f"image {path} is {array.shape[1]}x{array.shape[0]} but {self.spec.json_file} says "
@@ -125,8 +122,19 @@ class COCOInstances(torch.utils.data.Dataset):
 
     def __getitem__(self, item) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         index, flip = item if isinstance(item, tuple) else (item, False)
+        unreadable = []
+        while True:
+            try:
+                image = self.load_image(index)
+                break
+            except UnreadableImageError as e:
+                if not self.skip_unreadable:
+                    raise
+                unreadable.append(os.path.join(self.spec.image_root, self.coco.imgs[self.image_ids[index]]["file_name"]))
+                if len(unreadable) == len(self):
+                    raise DatasetError(f"no image of {self.spec.json_file} can be read (last: {e})") from e
+                index = (index + 1) % len(self)
         img_id = self.image_ids[index]
-        image = self.load_image(index)
         height, width = image.shape[:2]
         anns = [a for a in self.coco.imgToAnns[img_id] if self._usable(a)]
         boxes = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
@@ -138,6 +146,8 @@ class COCOInstances(torch.utils.data.Dataset):
             "labels": torch.tensor([self._contiguous[a["category_id"]] for a in anns], dtype=torch.int64),
             "image_id": torch.tensor(img_id),
         }
+        if unreadable:
+            target["unreadable"] = unreadable
         if self.with_masks and self.mask_format == "bitmask":
             masks = np.stack([self._mask(a, height, width) for a in anns]) if anns else np.zeros((0, height, width), np.uint8)
             target["masks"] = torch.from_numpy(masks)

@@ -14,6 +14,7 @@ from pycocotools import mask as mask_util
 from pycocotools.cocoeval import COCOeval
 
 from ..data import COCOInstances, InferenceSampler, collate
+from ..data.workers import plain_worker_errors
 from .distributed import all_gather, get_rank, get_world_size, is_main_process
 
 __all__ = ["inference_on_dataset", "coco_evaluate", "format_table", "METRICS"]
@@ -57,14 +58,15 @@ def inference_on_dataset(model, dataset: COCOInstances, device: torch.device, *,
     results: List[dict] = []
     start = time.perf_counter()
     total = len(loader)
-    for i, (images, targets) in enumerate(loader):
-        outputs = model(list(images))  # the transform resizes on the CPU and moves them to the device
-        for out, target in zip(outputs, targets):
-            results.extend(_to_coco(out, int(target["image_id"]), dataset.category_ids))
-        if is_main_process() and ((i + 1) % log_period == 0 or i + 1 == total):
-            per = (time.perf_counter() - start) / (i + 1)
-            logger.info("Inference done %d/%d. %.3f s/img (%.1f img/s). ETA=%.0f s", i + 1, total, per, 1 / per,
-                        per * (total - i - 1))
+    with plain_worker_errors():  # a worker's error with its own message (an unreadable image names the file)
+        for i, (images, targets) in enumerate(loader):
+            outputs = model(list(images))  # the transform resizes on the CPU and moves them to the device
+            for out, target in zip(outputs, targets):
+                results.extend(_to_coco(out, int(target["image_id"]), dataset.category_ids))
+            if is_main_process() and ((i + 1) % log_period == 0 or i + 1 == total):
+                per = (time.perf_counter() - start) / (i + 1)
+                logger.info("Inference done %d/%d. %.3f s/img (%.1f img/s). ETA=%.0f s", i + 1, total, per,
+                            1 / per, per * (total - i - 1))
     model.train(was_training)
     gathered = all_gather(results)
     return list(itertools.chain(*gathered)) if is_main_process() else []

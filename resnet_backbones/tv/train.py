@@ -13,8 +13,10 @@ from typing import Dict, Optional
 import torch
 from torch import nn
 
-from ..data import COCOInstances, TrainingBatchSampler, collate, get_dataset
-from ..guard import LossGuard, evaluation_hint, last_checkpoint
+from ..data import COCOInstances, DatasetError, TrainingBatchSampler, collate, get_dataset
+from ..data.validate import UnreadableImageError
+from ..data.workers import plain_worker_errors
+from ..guard import LossGuard, TrainingInterrupted, checkpoint_note, evaluation_hint, last_checkpoint
 from ..solver import amp_dtype, build_lr_scheduler, build_optimizer, clip_gradients_
 from .distributed import get_local_rank, get_rank, get_world_size, is_main_process, synchronize
 from ..builders import inference_runner
@@ -96,8 +98,12 @@ class Trainer:
     - Deterministic: the batch stream and every random draw of iteration i depend only on
       (SEED, i, rank), so ``resume`` continues exactly (same next loss).
     - Checkpoints (model, optimizer, scheduler, scaler, iteration) every SOLVER.CHECKPOINT_PERIOD, at
-      the end, and on SIGINT/SIGTERM between iterations; written atomically; OUTPUT_DIR/last_checkpoint
-      names the newest.
+      the end, and on SIGINT/SIGTERM between iterations (then :class:`TrainingInterrupted`); written
+      atomically; OUTPUT_DIR/last_checkpoint names the newest.
+    - A data error (an unreadable image, from the loader's workers too) stops training with the
+      worker's own message, the fix and the last checkpoint; with
+      MODEL.RESNET_BACKBONES.SKIP_UNREADABLE_IMAGES unreadable images are skipped instead (each logged
+      once, counted in the health line).
     - A non-finite loss, or one that jumps above MODEL.RESNET_BACKBONES.DIVERGENCE_THRESHOLD x its
       running median, stops training before the backward pass (FloatingPointError / DivergenceError
       naming the iteration, the losses, the fix and the last checkpoint): nothing diverged is saved.
@@ -121,7 +127,8 @@ class Trainer:
             raise ValueError(f"DATASETS.TRAIN={names}: this engine trains on exactly one dataset")
         self.dataset = COCOInstances(get_dataset(names[0], cfg), input_format=cfg.INPUT.FORMAT,
                                      with_masks=cfg.MODEL.MASK_ON, mask_format=cfg.INPUT.MASK_FORMAT,
-                                     filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
+                                     filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+                                     skip_unreadable=cfg.MODEL.RESNET_BACKBONES.SKIP_UNREADABLE_IMAGES)
         if self.dataset.num_classes != cfg.MODEL.ROI_HEADS.NUM_CLASSES:
             raise ValueError(f"MODEL.ROI_HEADS.NUM_CLASSES={cfg.MODEL.ROI_HEADS.NUM_CLASSES} but {names[0]} has "
                              f"{self.dataset.num_classes} classes: set MODEL.ROI_HEADS.NUM_CLASSES "
@@ -184,6 +191,18 @@ class Trainer:
                                            num_workers=cfg.DATALOADER.NUM_WORKERS,
                                            persistent_workers=cfg.DATALOADER.NUM_WORKERS > 0)
 
+    def _next_batch(self, data_iter, iteration: int):
+        try:
+            with plain_worker_errors():
+                images, targets = next(data_iter)
+        except DatasetError as e:
+            skip = (" Or skip unreadable images: MODEL.RESNET_BACKBONES.SKIP_UNREADABLE_IMAGES True."
+                    if isinstance(e, UnreadableImageError) else "")
+            raise type(e)(f"training stopped at iteration {iteration}: {e}.{skip} "
+                          f"{checkpoint_note(self.cfg.OUTPUT_DIR)}") from None
+        self.guard.skip_unreadable(p for t in targets for p in t.pop("unreadable", ()))
+        return images, targets
+
     def _handle_signal(self, signum, frame):
         logger.warning("signal %d: stopping after this iteration and saving a checkpoint", signum)
         self._stop_signal = signum
@@ -245,7 +264,7 @@ class Trainer:
             data_iter = iter(self._loader())
             while iteration < max_iter:
                 t0 = time.perf_counter()
-                images, targets = next(data_iter)
+                images, targets = self._next_batch(data_iter, iteration)
                 t1 = time.perf_counter()
                 values = self.run_step(iteration, images, targets)
                 iteration += 1
@@ -259,13 +278,16 @@ class Trainer:
                 if iteration % cfg.SOLVER.CHECKPOINT_PERIOD == 0 and iteration < max_iter or stop:
                     self.save_checkpoint(f"model_{iteration - 1:07d}", iteration)
                 if stop:
-                    raise KeyboardInterrupt(f"stopped by signal {self._stop_signal} at iteration {iteration}")
+                    raise TrainingInterrupted(self._stop_signal, iteration, last_checkpoint(cfg.OUTPUT_DIR) or "")
                 if cfg.TEST.EVAL_PERIOD > 0 and iteration % cfg.TEST.EVAL_PERIOD == 0 and iteration < max_iter:
                     self._eval_and_log(iteration, writer, metrics_file)
             self.save_checkpoint("model_final", iteration)
             logger.info("Overall training time: %s (%.3f s / it)",
                         datetime.timedelta(seconds=int(time.perf_counter() - started)),
                         (time.perf_counter() - started) / max(iteration - self.start_iter, 1))
+        except BaseException as e:  # the health line says how the run ended, never "healthy"
+            self.guard.ended_by(iteration, e)
+            raise
         finally:
             if is_main_process():
                 logger.info(self.guard.summary())
