@@ -75,7 +75,7 @@ def test_unknown_key_in_a_yaml_is_an_error(tmp_path):
 
 
 @pytest.mark.parametrize("override, key", [
-    (["MODEL.ROI_HEADS.NAME", "Res5ROIHeads"], "MODEL.ROI_HEADS.NAME"),
+    (["MODEL.ROI_HEADS.NAME", "CascadeROIHeads"], "MODEL.ROI_HEADS.NAME"),
     (["INPUT.CROP.ENABLED", "True"], "INPUT.CROP.ENABLED"),
     (["VIS_PERIOD", "20"], "VIS_PERIOD"),
     (["MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG", "True"], "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG"),
