@@ -25,6 +25,7 @@ from test_weights import random_torchvision  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAZY = [n for n in model_zoo.list_configs() if n.endswith(".py") and not n.startswith("common/")]
 LSJ = [n for n in LAZY if n.startswith("new_baselines/")]
+C4 = [n for n in LAZY if "_C4_" in n]
 
 
 def _depth(name: str) -> int:
@@ -34,21 +35,24 @@ def _depth(name: str) -> int:
 def _yaml_model(name: str):
     """The detectron2-engine model our yaml config of the same kind and depth builds."""
     kind = "mask_rcnn" if "mask_rcnn" in name else "faster_rcnn"
+    layout = "_C4" if name in C4 else ""
     overrides = ["MODEL.DEVICE", "cpu"]
     if name in LSJ:  # the LSJ backbone: SyncBN in body and FPN, nothing frozen
         overrides += ["MODEL.RESNETS.NORM", "SyncBN", "MODEL.FPN.NORM", "SyncBN", "MODEL.BACKBONE.FREEZE_AT", "0"]
-    cfg = load_config(f"{kind}_R{_depth(name)}.yaml", overrides, use_detectron2=True)
+    cfg = load_config(f"{kind}_R{_depth(name)}{layout}.yaml", overrides, use_detectron2=True)
     return cfg, build_model(cfg)
 
 
 def _lazy_model(name: str):
     cfg = model_zoo.get_config(name)
     cfg.model.backbone.weights = ""  # no download in tests; loading is tested below on a local file
+    if name in C4:
+        cfg.model.roi_heads.res5.weights = ""
     return cfg, instantiate(cfg.model).eval()
 
 
 def test_every_lazy_config_is_covered():
-    assert len(LAZY) == 15 and len(LSJ) == 9
+    assert len(LAZY) == 16 and len(LSJ) == 9 and C4 == ["COCO-InstanceSegmentation/mask_rcnn_R50_C4_1x.py"]
 
 
 @pytest.mark.parametrize("name", LAZY)
@@ -58,6 +62,11 @@ def test_lazy_model_matches_the_yaml_model_and_runs_on_cpu(name):
     lazy_state = {k: tuple(v.shape) for k, v in model.backbone.state_dict().items()}
     yaml_state = {k: tuple(v.shape) for k, v in ymodel.backbone.state_dict().items()}
     assert lazy_state == yaml_state
+    if name in C4:  # every tensor of the model, the res5 head (ours here, detectron2's there) included
+        assert ({k: tuple(v.shape) for k, v in model.state_dict().items()}
+                == {k: tuple(v.shape) for k, v in ymodel.state_dict().items()})
+        assert type(model.roi_heads).__name__ == type(ymodel.roi_heads).__name__ == "Res5ROIHeads"
+        assert model.roi_heads.res5[0].conv1.stride == ymodel.roi_heads.res5[0].conv1.stride == (2, 2)
     assert ([n for n, p in model.backbone.named_parameters() if p.requires_grad]
             == [n for n, p in ymodel.backbone.named_parameters() if p.requires_grad])  # same FREEZE_AT
     assert model.input_format == ycfg.INPUT.FORMAT == cfg.dataloader.train.mapper.image_format
@@ -91,6 +100,63 @@ def test_lsj_recipe_is_detectron2s_new_baseline(name):
     assert not any(isinstance(m, FrozenBatchNorm2d) for m in model.backbone.modules())
     assert isinstance(model.backbone.bottom_up.stem.conv1.norm, torch.nn.SyncBatchNorm)
     assert isinstance(model.backbone.fpn_lateral2.norm, torch.nn.SyncBatchNorm)
+
+
+def test_c4_recipe_is_detectron2s_but_for_body_and_res5_head():
+    """Everything but model.backbone and model.roi_heads.res5 equals detectron2's own
+    mask_rcnn_R_50_C4_1x.py (the predictors' input channels there are interpolations of its res5's
+    arguments: compared by value); the ImageNet weights move from train.init_checkpoint to the builders."""
+    ours = model_zoo.get_config("COCO-InstanceSegmentation/mask_rcnn_R50_C4_1x.py")
+    theirs = model_zoo.detectron2_config("COCO-InstanceSegmentation/mask_rcnn_R_50_C4_1x.py")
+    assert theirs.train.init_checkpoint == ours.model.backbone.weights == ours.model.roi_heads.res5.weights
+    assert ours.train.init_checkpoint == ""
+    theirs.train.init_checkpoint = ""
+    for key in ("dataloader", "optimizer", "lr_multiplier", "train"):
+        assert OmegaConf.to_container(ours[key]) == OmegaConf.to_container(theirs[key]), key
+    ours_model, theirs_model = (OmegaConf.to_container(c.model) for c in (ours, theirs))
+    res5 = theirs_model["roi_heads"].pop("res5")
+    ours_model["roi_heads"].pop("res5")
+    for part in (ours_model, theirs_model):
+        part.pop("backbone")
+        part["roi_heads"]["box_predictor"]["input_shape"].pop("channels")
+        part["roi_heads"]["mask_head"]["input_shape"].pop("channels")
+    assert ours_model == theirs_model
+    assert (ours.model.roi_heads.box_predictor.input_shape.channels
+            == ours.model.roi_heads.mask_head.input_shape.channels == res5["out_channels"] == 2048)
+    assert theirs.model.backbone.freeze_at == ours.model.backbone.freeze_at == 2
+    assert res5["stride_in_1x1"] == ours.model.roi_heads.res5.stride_in_1x1 == ours.model.backbone.stride_in_1x1
+    assert res5["norm"] == ours.model.roi_heads.res5.norm == ours.model.backbone.norm == "FrozenBN"
+    model, reference = instantiate_without_weights(ours), instantiate(theirs.model)
+    assert ({k: tuple(v.shape) for k, v in model.roi_heads.state_dict().items()}
+            == {k: tuple(v.shape) for k, v in reference.roi_heads.state_dict().items()})
+
+
+def instantiate_without_weights(cfg):
+    cfg.model.backbone.weights = cfg.model.roi_heads.res5.weights = ""
+    return instantiate(cfg.model)
+
+
+def test_c4_imagenet_weights_reach_body_and_res5_head(tmp_path):
+    """A torchvision R-50 file: layer1-3 into the body, layer4 into the res5 head, every tensor; the
+    MSRA-convention head (stride in the 1x1) refuses it, as the body does."""
+    path = str(tmp_path / "resnet50_tv.pth")
+    reference = random_torchvision("resnet50")
+    torch.save(reference.state_dict(), path)
+    cfg = model_zoo.get_config("COCO-InstanceSegmentation/mask_rcnn_R50_C4_1x.py")
+    for part in (cfg.model.backbone, cfg.model.roi_heads.res5):
+        part.weights, part.stride_in_1x1 = path, False
+    model = instantiate(cfg.model)
+    assert torch.equal(model.backbone.res4[5].conv3.weight, reference.layer3[5].conv3.weight)
+    assert not hasattr(model.backbone, "res5")
+    head, layer4 = model.roi_heads.res5, reference.layer4
+    assert torch.equal(head[0].shortcut.weight, layer4[0].downsample[0].weight)
+    assert torch.equal(head[2].conv2.norm.running_var, layer4[2].bn2.running_var)
+    assert head[0].conv2.stride == (2, 2)  # torchvision convention: the stride in the 3x3
+    cfg = model_zoo.get_config("COCO-InstanceSegmentation/mask_rcnn_R50_C4_1x.py")
+    cfg.model.backbone.weights = ""
+    cfg.model.roi_heads.res5.weights = path
+    with pytest.raises(WeightsError, match="stride"):
+        instantiate(cfg.model)
 
 
 def test_longer_schedules_scale_iterations_and_milestones():

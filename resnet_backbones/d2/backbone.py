@@ -5,17 +5,22 @@ Registered names (prefixed, so they never collide with detectron2's own builders
 - ``build_resnet_backbones_fpn_backbone``: body + FPN (p2..p6), as detectron2's build_resnet_fpn_backbone.
 
 For LazyConfig models, :func:`resnet_fpn_backbone` builds the same backbone from plain keyword
-arguments (``L(resnet_fpn_backbone)(depth=101, ...)`` as ``model.backbone``).
+arguments (``L(resnet_fpn_backbone)(depth=101, ...)`` as ``model.backbone``); for the C4 models,
+:func:`resnet_backbone` is the body alone (``model.backbone``) and :func:`resnet_res5_head` the per-RoI
+res5 stage (``model.roi_heads.res5``), each loading its share of the same ImageNet weights.
 """
+from torch import nn
+
 from detectron2.layers import ShapeSpec as D2ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
 from ..builders import build_body_from_cfg, build_fpn_from_cfg
-from ..modeling import FPN, ResNet, build_resnet_fpn
+from ..modeling import FPN, ResNet, build_res5_head, build_resnet, build_resnet_fpn
 from ..weights import load_backbone_weights
+from ..weights.loader import match_res5_head_state, read_weights
 
 __all__ = ["D2ResNet", "D2FPN", "build_resnet_backbones_backbone", "build_resnet_backbones_fpn_backbone",
-           "register_backbones", "resnet_fpn_backbone"]
+           "register_backbones", "resnet_fpn_backbone", "resnet_backbone", "resnet_res5_head"]
 
 
 def _d2_shapes(shapes):
@@ -62,6 +67,34 @@ def resnet_fpn_backbone(*, weights: str = "", weights_format: str = "auto", **kw
     if weights:
         load_backbone_weights(model, weights, format=weights_format)
     return model
+
+
+def resnet_backbone(*, weights: str = "", weights_format: str = "auto", **kwargs) -> D2ResNet:
+    """The body alone as a detectron2 Backbone, from :func:`~resnet_backbones.modeling.build_resnet`'s
+    keyword arguments (``depth``, ``norm``, ``stride_in_1x1``, ``freeze_at``, ``out_features``, ...): the
+    LazyConfig counterpart of ``build_resnet_backbones_backbone`` (the C4 models' ``model.backbone``,
+    ``out_features=["res4"]``). ``weights`` as in :func:`resnet_fpn_backbone`; the stages the body does not
+    build (res5 of a C4 body) are left to :func:`resnet_res5_head`."""
+    model = build_resnet(body_class=D2ResNet, **kwargs)
+    if weights:
+        load_backbone_weights(model, weights, format=weights_format)
+    return model
+
+
+def resnet_res5_head(*, weights: str = "", weights_format: str = "auto", **kwargs) -> nn.Sequential:
+    """The C4 detector's per-RoI res5 stage for detectron2's ``Res5ROIHeads(res5=...)``, from
+    :func:`~resnet_backbones.modeling.build_res5_head`'s keyword arguments (``depth``, ``norm``,
+    ``stride_in_1x1``, ``num_groups``, ``width_per_group``, ...): the same blocks and parameter names as
+    detectron2's ``ResNet.make_stage`` res5 (``roi_heads.res5.0.conv1.weight``). ``weights``: the
+    ImageNet source whose ``res5.*`` tensors it loads, every head tensor accounted for and the stride
+    convention checked against the head (:func:`~resnet_backbones.weights.loader.match_res5_head_state`);
+    "" leaves the initialisation."""
+    head = build_res5_head(**kwargs)
+    if weights:
+        state = match_res5_head_state(head, read_weights(weights, format=weights_format), prefix="")
+        target = head.state_dict()
+        head.load_state_dict({k: v.to(target[k].dtype) for k, v in state.items()}, strict=False)
+    return head
 
 
 def register_backbones() -> None:

@@ -32,8 +32,8 @@ logger = logging.getLogger("resnet_backbones")
 
 
 def use_imagenet_weights(model, dataloader, source: str) -> None:
-    """Set ``model.backbone.weights = source`` and the input conventions those weights imply: the
-    stride position of the body, the model's pixel mean/std and channel order, and the data mappers'
+    """Set ``model.backbone.weights = source`` (and ``model.roi_heads.res5.weights``, the C4 models'
+    res5 head) and the input conventions those weights imply: the stride position of body and head, the model's pixel mean/std and channel order, and the data mappers'
     image format (detectron2's test mapper follows the train mapper's). For a LazyConfig file."""
     conventions = known_conventions(source)
     if conventions is None:
@@ -41,6 +41,10 @@ def use_imagenet_weights(model, dataloader, source: str) -> None:
                            "model.pixel_mean/pixel_std/input_format and the mappers' image_format yourself")
     model.backbone.weights = source
     model.backbone.stride_in_1x1 = conventions.stride_in_1x1
+    res5 = model.get("roi_heads", {}).get("res5")  # the C4 models' res5 head, when it is ours
+    if res5 is not None and "weights" in res5:
+        res5.weights = source
+        res5.stride_in_1x1 = conventions.stride_in_1x1
     model.pixel_mean = list(conventions.pixel_mean)
     model.pixel_std = list(conventions.pixel_std)
     model.input_format = conventions.input_format
