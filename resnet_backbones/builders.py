@@ -14,10 +14,12 @@ from .errors import ConfigError
 from .modeling import (
     FPN,
     FrozenBatchNorm2d,
+    VGG,
     ResNet,
     build_res5_head,
     build_resnet,
     build_resnet_fpn,
+    build_vgg,
     optimize_for_inference,
     set_activation_checkpointing,
     to_channels_last,
@@ -25,7 +27,7 @@ from .modeling import (
 from .solver import amp_dtype
 
 __all__ = ["resnet_kwargs_from_cfg", "build_body_from_cfg", "build_fpn_from_cfg", "build_res5_head_from_cfg",
-           "check_res5_head_cfg", "FPN_BACKBONES", "BODY_BACKBONES", "inference_model",
+           "check_res5_head_cfg", "build_vgg_from_cfg", "FPN_BACKBONES", "BODY_BACKBONES", "VGG_BACKBONES", "inference_model",
            "inference_dtype", "inference_runner", "AutocastInference"]
 
 logger = logging.getLogger("resnet_backbones")
@@ -34,6 +36,8 @@ logger = logging.getLogger("resnet_backbones")
 # same architecture; the torchvision engine builds ours for both).
 FPN_BACKBONES = ("build_resnet_backbones_fpn_backbone", "build_resnet_fpn_backbone")
 BODY_BACKBONES = ("build_resnet_backbones_backbone", "build_resnet_backbone")
+# The seed's baseline: VGG-16 to conv5_3 (our builder on both engines; detectron2 has none).
+VGG_BACKBONES = ("build_resnet_backbones_vgg_backbone",)
 
 
 def resnet_kwargs_from_cfg(cfg, in_channels: int = 3) -> Dict[str, Any]:
@@ -94,6 +98,21 @@ def build_fpn_from_cfg(cfg, in_channels: int = 3, fpn_class=FPN) -> FPN:
         body_class=getattr(fpn_class, "body_class", ResNet),
         **resnet_kwargs_from_cfg(cfg, in_channels),
     ))
+
+
+def build_vgg_from_cfg(cfg, in_channels: int = 3, body_class=VGG) -> VGG:
+    """VGG-16 to the blocks of MODEL.RESNET_BACKBONES.VGG_OUT_FEATURES (conv5: conv5_3, stride 16), the
+    first MODEL.BACKBONE.FREEZE_AT blocks frozen (2: conv1_1-conv2_2, as Faster R-CNN's VGG-16)."""
+    if cfg.MODEL.ROI_HEADS.NAME == "Res5ROIHeads":
+        raise ConfigError("MODEL.ROI_HEADS.NAME=Res5ROIHeads with the VGG body: the res5 head is a ResNet stage; "
+                          "the VGG-16 detector uses StandardROIHeads with fc6/fc7 as the box head "
+                          "(configs/faster_rcnn_VGG16.yaml)")
+    try:
+        return build_vgg(depth=cfg.MODEL.RESNET_BACKBONES.VGG_DEPTH, in_channels=in_channels,
+                         out_features=list(cfg.MODEL.RESNET_BACKBONES.VGG_OUT_FEATURES),
+                         freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT, body_class=body_class)
+    except ValueError as e:
+        raise ConfigError(f"MODEL.RESNET_BACKBONES.VGG_DEPTH/VGG_OUT_FEATURES, MODEL.BACKBONE.FREEZE_AT: {e}") from None
 
 
 def check_res5_head_cfg(cfg) -> None:

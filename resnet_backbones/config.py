@@ -237,8 +237,13 @@ def add_resnet_backbones_config(cfg) -> None:
         each logged once and their count in the end-of-run health line, instead of stopping with an error
         naming it and the last checkpoint. Evaluation always stops on one (an AP without some of its images
         is not that dataset's AP). tools/check_dataset.py decodes a whole dataset before a long run.
+    VGG_DEPTH, VGG_OUT_FEATURES: the VGG body of MODEL.BACKBONE.NAME build_resnet_backbones_vgg_backbone
+        (the seed's VGG-16 baseline, configs/faster_rcnn_VGG16.yaml): 16 (or 19), and the blocks it emits,
+        conv1..conv5 (conv5: conv5_3 after its ReLU, stride 16, 512 channels).
     """
-    cfg.MODEL.RESNET_BACKBONES = CfgNode()
+    # The node of cfg's own class: yacs refuses to merge a yaml file's subtree into a node of another
+    # CfgNode class (ours into detectron2's get_cfg()).
+    cfg.MODEL.RESNET_BACKBONES = type(cfg)()
     cfg.MODEL.RESNET_BACKBONES.PREACTIVATION = False
     cfg.MODEL.RESNET_BACKBONES.WEIGHTS_FORMAT = "auto"
     cfg.MODEL.RESNET_BACKBONES.FPN_TOP_BLOCK = "LastLevelMaxPool"
@@ -251,6 +256,8 @@ def add_resnet_backbones_config(cfg) -> None:
     cfg.MODEL.RESNET_BACKBONES.INFERENCE_AMP = False
     cfg.MODEL.RESNET_BACKBONES.DIVERGENCE_THRESHOLD = 20.0
     cfg.MODEL.RESNET_BACKBONES.SKIP_UNREADABLE_IMAGES = False
+    cfg.MODEL.RESNET_BACKBONES.VGG_DEPTH = 16
+    cfg.MODEL.RESNET_BACKBONES.VGG_OUT_FEATURES = ["conv5"]
 
 
 def get_standalone_cfg() -> CfgNode:

@@ -20,6 +20,7 @@ def test_all_expected_configs_exist():
         for depth in (50, 101, 152):
             for layout in ("", "_C4", "_DC5"):
                 assert f"{kind}_R{depth}{layout}.yaml" in ALL_CONFIGS and f"{kind}_R{depth}{layout}_3x.yaml" in ALL_CONFIGS
+    assert "faster_rcnn_VGG16.yaml" in ALL_CONFIGS  # the seed's baseline
     assert any(c.startswith("quick_schedules/") for c in ALL_CONFIGS)
 
 
@@ -32,7 +33,9 @@ def test_config_merges_and_builds_on_cpu(name):
         assert known_conventions(cfg.MODEL.WEIGHTS) is not None, cfg.MODEL.WEIGHTS
     check_cfg_conventions(cfg, known_conventions(cfg.MODEL.WEIGHTS))
     model = build_model(cfg).eval()
-    assert getattr(model.backbone, "bottom_up", model.backbone).depth == cfg.MODEL.RESNETS.DEPTH
+    vgg = cfg.MODEL.BACKBONE.NAME == "build_resnet_backbones_vgg_backbone"
+    assert getattr(model.backbone, "bottom_up", model.backbone).depth == (
+        cfg.MODEL.RESNET_BACKBONES.VGG_DEPTH if vgg else cfg.MODEL.RESNETS.DEPTH)
     assert model.roi_heads.has_mask() == cfg.MODEL.MASK_ON
     assert hasattr(model.roi_heads, "res5") == (cfg.MODEL.ROI_HEADS.NAME == "Res5ROIHeads")
     with torch.no_grad():

@@ -29,7 +29,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_builders_are_registered_with_prefixed_names():
     names = set(BACKBONE_REGISTRY._obj_map)
-    assert {"build_resnet_backbones_backbone", "build_resnet_backbones_fpn_backbone"} <= names
+    assert {"build_resnet_backbones_backbone", "build_resnet_backbones_fpn_backbone",
+            "build_resnet_backbones_vgg_backbone"} <= names
     import importlib
 
     importlib.reload(resnet_backbones)  # registering twice is harmless
@@ -67,8 +68,10 @@ def test_every_config_builds_on_detectron2(name):
     cfg = load_config(name, ["MODEL.DEVICE", "cpu"], use_detectron2=True)
     model = build_model(cfg)
     fpn = cfg.MODEL.BACKBONE.NAME == "build_resnet_backbones_fpn_backbone"
-    assert type(model.backbone).__name__ == ("D2FPN" if fpn else "D2ResNet")
-    assert (model.backbone.bottom_up if fpn else model.backbone).depth == cfg.MODEL.RESNETS.DEPTH
+    vgg = cfg.MODEL.BACKBONE.NAME == "build_resnet_backbones_vgg_backbone"
+    assert type(model.backbone).__name__ == ("D2FPN" if fpn else "D2VGG" if vgg else "D2ResNet")
+    assert (model.backbone.bottom_up if fpn else model.backbone).depth == (
+        cfg.MODEL.RESNET_BACKBONES.VGG_DEPTH if vgg else cfg.MODEL.RESNETS.DEPTH)
     assert type(model.roi_heads).__name__ == cfg.MODEL.ROI_HEADS.NAME
 
 
@@ -108,6 +111,26 @@ def test_imagenet_weights_reach_detectron2s_res5_head(tmp_path):
     for k, v in src.state_dict().items():
         target = model.roi_heads.state_dict() if k.startswith("res5.") else model.backbone.state_dict()
         assert torch.equal(target[k], v), k
+
+
+def test_imagenet_vgg16_reaches_detectron2s_box_head(tmp_path):
+    """torchvision's VGG-16 through the checkpointer: the convs into our VGG body, fc6/fc7 into
+    detectron2's FastRCNNConvFCHead (fc1, fc2); the heads detectron2 initialises are the only ones left."""
+    import torchvision
+
+    torch.manual_seed(0)
+    ref = torchvision.models.vgg16()
+    path = str(tmp_path / "vgg16.pth")
+    torch.save(ref.state_dict(), path)
+    cfg = load_config("faster_rcnn_VGG16.yaml", ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", path], use_detectron2=True)
+    model = build_model(cfg)
+    assert type(model.roi_heads.box_head).__name__ == "FastRCNNConvFCHead"
+    ResnetBackbonesCheckpointer(model, cfg=cfg).load(path)
+    assert torch.equal(model.backbone.conv4_3.weight, ref.features[21].weight)
+    assert torch.equal(model.roi_heads.box_head.fc1.weight, ref.classifier[0].weight)
+    assert torch.equal(model.roi_heads.box_head.fc2.bias, ref.classifier[3].bias)
+    frozen = {n.split(".")[0] for n, p in model.backbone.named_parameters() if not p.requires_grad}
+    assert frozen == {"conv1_1", "conv1_2", "conv2_1", "conv2_2"}
 
 
 def d2_cfg(depth, stride_in_1x1, groups=1, width=64, builtin=False, extra=()):

@@ -21,7 +21,8 @@ from detectron2.solver import build_lr_scheduler as d2_build_lr_scheduler  # noq
 from detectron2.solver import build_optimizer as d2_build_optimizer  # noqa: E402
 
 import resnet_backbones  # noqa: E402,F401  (registers the backbones)
-from resnet_backbones.builders import FPN_BACKBONES, build_body_from_cfg, build_fpn_from_cfg  # noqa: E402
+from resnet_backbones.builders import (FPN_BACKBONES, VGG_BACKBONES, build_body_from_cfg, build_fpn_from_cfg,  # noqa: E402
+                                       build_vgg_from_cfg)
 from resnet_backbones.config import CONFIGS_DIR, load_config  # noqa: E402
 from resnet_backbones.solver import build_lr_scheduler, build_optimizer, clip_gradients_  # noqa: E402
 
@@ -74,13 +75,14 @@ _BODIES = {}
 
 def model_for(cfg):
     """Our body + FPN (or body alone) as the cfg builds it (cached per architecture), with a toy head."""
-    fpn = cfg.MODEL.BACKBONE.NAME in FPN_BACKBONES  # else the body alone (C4, DC5)
-    key = (fpn, cfg.MODEL.RESNETS.DEPTH, cfg.MODEL.RESNETS.NORM, cfg.MODEL.BACKBONE.FREEZE_AT,
+    fpn = cfg.MODEL.BACKBONE.NAME in FPN_BACKBONES  # else the body alone (C4, DC5) or VGG
+    vgg = cfg.MODEL.BACKBONE.NAME in VGG_BACKBONES
+    key = (fpn, vgg, cfg.MODEL.RESNETS.DEPTH, cfg.MODEL.RESNETS.NORM, cfg.MODEL.BACKBONE.FREEZE_AT,
            cfg.MODEL.FPN.OUT_CHANNELS, cfg.MODEL.RESNETS.RES2_OUT_CHANNELS, cfg.MODEL.RESNETS.WIDTH_PER_GROUP,
            tuple(cfg.MODEL.RESNETS.OUT_FEATURES), cfg.MODEL.RESNETS.RES5_DILATION)
     if key not in _BODIES:
         torch.manual_seed(0)
-        backbone = build_fpn_from_cfg(cfg) if fpn else build_body_from_cfg(cfg)
+        backbone = (build_fpn_from_cfg(cfg) if fpn else build_vgg_from_cfg(cfg) if vgg else build_body_from_cfg(cfg))
         _BODIES[key] = nn.ModuleDict({"backbone": backbone, "head": ToyHead()})
     return _BODIES[key]
 

@@ -65,6 +65,11 @@ def test_every_key_is_read_or_refused(tmp_path, monkeypatch):
           "TEST.EXPECTED_RESULTS", "[['bbox', 'AP', 0.0, 100.0]]", "SOLVER.LR_SCHEDULER_NAME", "WarmupCosineLR"]),
         ("quick_schedules/faster_rcnn_R18_synthetic.yaml", ["SOLVER.LR_SCHEDULER_NAME", "WarmupStepWithFixedGammaLR"]),
         ("quick_schedules/mask_rcnn_R50_C4_synthetic.yaml", []),  # Res5ROIHeads and a body backbone
+        ("faster_rcnn_VGG16.yaml", [  # the VGG body, at the synthetic data's size
+            "MODEL.WEIGHTS", "", "MODEL.ROI_HEADS.NUM_CLASSES", "3", "INPUT.MIN_SIZE_TRAIN", "(128,)",
+            "INPUT.MAX_SIZE_TRAIN", "240", "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "240",
+            "MODEL.RPN.POST_NMS_TOPK_TRAIN", "64", "MODEL.RPN.POST_NMS_TOPK_TEST", "64",
+            "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32"]),
     ]
     for i, (name, extra) in enumerate(variants):
         cfg = load_config(name, common + extra + ["OUTPUT_DIR", str(tmp_path / f"out{i}")], use_detectron2=False)

@@ -3,6 +3,7 @@
 Registered names (prefixed, so they never collide with detectron2's own builders):
 - ``build_resnet_backbones_backbone``: the body alone (res2..res5 per MODEL.RESNETS.OUT_FEATURES).
 - ``build_resnet_backbones_fpn_backbone``: body + FPN (p2..p6), as detectron2's build_resnet_fpn_backbone.
+- ``build_resnet_backbones_vgg_backbone``: VGG-16 to conv5_3 (the seed's Faster R-CNN baseline).
 
 For LazyConfig models, :func:`resnet_fpn_backbone` builds the same backbone from plain keyword
 arguments (``L(resnet_fpn_backbone)(depth=101, ...)`` as ``model.backbone``); for the C4 models,
@@ -14,12 +15,13 @@ from torch import nn
 from detectron2.layers import ShapeSpec as D2ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
-from ..builders import build_body_from_cfg, build_fpn_from_cfg
-from ..modeling import FPN, ResNet, build_res5_head, build_resnet, build_resnet_fpn
+from ..builders import build_body_from_cfg, build_fpn_from_cfg, build_vgg_from_cfg
+from ..modeling import FPN, VGG, ResNet, build_res5_head, build_resnet, build_resnet_fpn
 from ..weights import load_backbone_weights
 from ..weights.loader import match_res5_head_state, read_weights
 
-__all__ = ["D2ResNet", "D2FPN", "build_resnet_backbones_backbone", "build_resnet_backbones_fpn_backbone",
+__all__ = ["D2ResNet", "D2FPN", "D2VGG", "build_resnet_backbones_backbone", "build_resnet_backbones_fpn_backbone",
+           "build_resnet_backbones_vgg_backbone",
            "register_backbones", "resnet_fpn_backbone", "resnet_backbone", "resnet_res5_head"]
 
 
@@ -43,12 +45,23 @@ class D2FPN(FPN, Backbone):
         return _d2_shapes(FPN.output_shape(self))
 
 
+class D2VGG(VGG, Backbone):
+    """Our VGG body as a detectron2 Backbone: same modules and parameter names, d2 ShapeSpecs."""
+
+    def output_shape(self):
+        return _d2_shapes(VGG.output_shape(self))
+
+
 def build_resnet_backbones_backbone(cfg, input_shape: D2ShapeSpec) -> D2ResNet:
     return build_body_from_cfg(cfg, input_shape.channels, body_class=D2ResNet)
 
 
 def build_resnet_backbones_fpn_backbone(cfg, input_shape: D2ShapeSpec) -> D2FPN:
     return build_fpn_from_cfg(cfg, input_shape.channels, fpn_class=D2FPN)
+
+
+def build_resnet_backbones_vgg_backbone(cfg, input_shape: D2ShapeSpec) -> D2VGG:
+    return build_vgg_from_cfg(cfg, input_shape.channels, body_class=D2VGG)
 
 
 def resnet_fpn_backbone(*, weights: str = "", weights_format: str = "auto", **kwargs) -> D2FPN:
@@ -99,6 +112,7 @@ def resnet_res5_head(*, weights: str = "", weights_format: str = "auto", **kwarg
 
 def register_backbones() -> None:
     """Add our builders to detectron2's BACKBONE_REGISTRY (idempotent)."""
-    for fn in (build_resnet_backbones_backbone, build_resnet_backbones_fpn_backbone):
+    for fn in (build_resnet_backbones_backbone, build_resnet_backbones_fpn_backbone,
+               build_resnet_backbones_vgg_backbone):
         if fn.__name__ not in BACKBONE_REGISTRY:
             BACKBONE_REGISTRY.register(fn)

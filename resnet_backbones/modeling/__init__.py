@@ -16,6 +16,7 @@ from .resnet import (
     build_resnet,
     make_stage,
 )
+from .vgg import VGG, VGG_DEPTHS, build_vgg
 from .optimize import (
     compile_for_inference,
     fold_frozen_batchnorm,

@@ -14,7 +14,8 @@ from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.rpn import RPNHead
 
-from ..builders import FPN_BACKBONES, build_body_from_cfg, build_fpn_from_cfg, build_res5_head_from_cfg
+from ..builders import (FPN_BACKBONES, VGG_BACKBONES, build_body_from_cfg, build_fpn_from_cfg, build_res5_head_from_cfg,
+                        build_vgg_from_cfg)
 from ..config import ConfigError
 from ..modeling.norm import get_norm
 from .parity import (
@@ -75,7 +76,8 @@ def build_model(cfg, *, num_classes: Optional[int] = None) -> GeneralizedRCNN:
 
     The three layouts of detectron2's COCO models: FPN (``build_resnet_backbones_fpn_backbone``,
     ``StandardROIHeads`` on p2..p5), C4 (the body up to res4, ``Res5ROIHeads``: res5 per RoI) and DC5
-    (the body with a dilated res5, ``StandardROIHeads`` on res5).
+    (the body with a dilated res5, ``StandardROIHeads`` on res5); and the seed's VGG-16 baseline
+    (``build_resnet_backbones_vgg_backbone``, ``StandardROIHeads`` on conv5 with fc6/fc7 as the box head).
 
     The state dict keeps torchvision's layout (``rpn.head.*``, ``roi_heads.box_predictor.*`` with the
     background as class 0); :mod:`resnet_backbones.weights.detector` converts to and from detectron2's.
@@ -84,6 +86,8 @@ def build_model(cfg, *, num_classes: Optional[int] = None) -> GeneralizedRCNN:
     if cfg.MODEL.BACKBONE.NAME in FPN_BACKBONES:
         backbone = build_fpn_from_cfg(cfg)
         backbone.out_channels = cfg.MODEL.FPN.OUT_CHANNELS  # what torchvision's heads read
+    elif cfg.MODEL.BACKBONE.NAME in VGG_BACKBONES:
+        backbone = build_vgg_from_cfg(cfg)
     else:
         backbone = build_body_from_cfg(cfg)
     shapes = backbone.output_shape()

@@ -5,7 +5,7 @@ or listed here with the values the engine implements; any other value is refused
 :func:`check_supported` with an error naming the key. ``tests/test_supported.py`` checks that every
 key is one or the other.
 """
-from ..builders import BODY_BACKBONES, FPN_BACKBONES
+from ..builders import BODY_BACKBONES, FPN_BACKBONES, VGG_BACKBONES
 from ..config import ConfigError
 
 __all__ = ["FIXED", "NOT_READ", "check_supported"]
@@ -16,8 +16,8 @@ FIXED = {
     "MODEL.LOAD_PROPOSALS": ([False], "precomputed proposals are not supported"),
     "MODEL.KEYPOINT_ON": ([False], "keypoint heads are not built by this engine"),
     "MODEL.BACKBONE.NAME": (
-        list(FPN_BACKBONES + BODY_BACKBONES),
-        "this engine builds resnet_backbones' ResNet-FPN (FPN) or ResNet body (C4, DC5)",
+        list(FPN_BACKBONES + BODY_BACKBONES + VGG_BACKBONES),
+        "this engine builds resnet_backbones' ResNet-FPN (FPN), ResNet body (C4, DC5) or VGG body",
     ),
     "MODEL.PROPOSAL_GENERATOR.NAME": (["RPN"], "only the RPN is built"),
     "MODEL.ANCHOR_GENERATOR.NAME": (["DefaultAnchorGenerator"], "rotated anchors are not supported"),

@@ -14,6 +14,7 @@ __all__ = [
     "TORCHVISION_CONVENTIONS",
     "MSRA_CONVENTIONS",
     "FAIR_RESNEXT_CONVENTIONS",
+    "VGG_CONVENTIONS",
     "WeightsError",
     "known_conventions",
     "check_stride_convention",
@@ -58,8 +59,15 @@ MSRA_CONVENTIONS = Conventions(True, "BGR", (103.53, 116.28, 123.675), (1.0, 1.0
 FAIR_RESNEXT_CONVENTIONS = Conventions(False, "BGR", (103.53, 116.28, 123.675), (57.375, 57.12, 58.395), "FAIR caffe2 ResNeXt")
 
 
+# torchvision's ImageNet VGG models: RGB, ImageNet mean/std, and no bottleneck to put a stride in.
+VGG_CONVENTIONS = Conventions(None, "RGB", TORCHVISION_CONVENTIONS.pixel_mean, TORCHVISION_CONVENTIONS.pixel_std,
+                              "torchvision VGG")
+
+
 def known_conventions(source: str) -> Optional[Conventions]:
     """The conventions a named ImageNet source implies, known without fetching it (None if unknown)."""
+    if source.startswith("torchvision://VGG"):
+        return VGG_CONVENTIONS
     if source.startswith(("torchvision://", "timm://")):
         return TORCHVISION_CONVENTIONS
     if source.startswith("detectron2://ImageNetPretrained/MSRA/"):

@@ -14,11 +14,13 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..modeling.vgg import VGG
 from .catalog import fetch_source
 from .conventions import known_conventions
 from .detector import detector_layout, num_classes_of, to_detectron2, to_torchvision
 from .formats import WeightsError, load_file, parse_weights
 from .loader import match_body_state, match_res5_head_state
+from .vgg import VGG_CONVENTIONS, match_vgg_state
 
 __all__ = ["ResolvedWeights", "check_cfg_conventions", "resolve_model_weights", "load_model_weights"]
 
@@ -123,6 +125,17 @@ def resolve_model_weights(model: nn.Module, cfg, *, layout: str, source: Optiona
                    + f", {len(state)} tensors" + (f"; dropped on purpose: {dropped}" if dropped else ""))
         return ResolvedWeights("detector", state, extra, dropped, summary)
     fmt = cfg.MODEL.RESNET_BACKBONES.WEIGHTS_FORMAT
+    if isinstance(model.backbone, VGG):  # torchvision's ImageNet VGG: the body and fc6/fc7 as the box head
+        if fmt not in ("auto", "torchvision"):
+            raise ConfigError(f"MODEL.RESNET_BACKBONES.WEIGHTS_FORMAT={fmt!r}: the VGG body reads torchvision's "
+                              "VGG state dicts only; set auto")
+        check_cfg_conventions(cfg, VGG_CONVENTIONS)
+        box_head = getattr(getattr(model, "roi_heads", None), "box_head", None)
+        out, dropped = match_vgg_state(model.backbone, box_head, state, source=source)
+        summary = (f"{source}: {len(out)} tensors of torchvision's VGG-{model.backbone.depth} (the body"
+                   + (", fc6 and fc7 as the box head" if box_head is not None else "")
+                   + f"); dropped on purpose: {dropped}")
+        return ResolvedWeights("backbone", out, {}, dropped, summary)
     weights = parse_weights(obj, format=hint if fmt == "auto" else fmt, source=source)
     check_cfg_conventions(cfg, weights.conventions)
     prefix = _body_prefix(model)
