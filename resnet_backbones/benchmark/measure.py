@@ -1,0 +1,185 @@
+"""Measurements of ``tools/benchmark.py``, each row in a fresh (spawned) process so that its peak memory
+is its own: medians of timed runs after warm-up, CUDA max_memory_allocated or the growth of the CPU's
+peak resident set, the activation memory autograd saves for backward, fvcore FLOPs, the matmul peak."""
+import os
+import statistics
+import time
+import warnings
+
+import torch
+
+from .rows import build_backbone, detector_eval, detector_step, half_dtype
+
+__all__ = ["measure", "run_isolated", "matmul_peak", "count_gflop", "saved_activations_mb", "sync"]
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _reset_peak_rss() -> None:
+    # ru_maxrss survives fork+exec (a spawned child starts with its parent's peak): reset VmHWM.
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def _peak_rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def saved_activations_mb(model, x, autocast) -> float:
+    """MB of tensors autograd keeps for backward after one forward pass (each storage once; parameters and
+    buffers excluded): the activation memory a training step holds at its peak, free of allocator noise.
+    Inside a checkpointed region checkpointing's own hooks take over, so what it recomputes is not counted."""
+    own = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
+    seen = {}
+
+    def pack(t):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in own:
+            seen[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast:
+        out = model(x)
+    del out
+    return sum(seen.values()) / 2**20
+
+
+def count_gflop(model, x) -> float:
+    """fvcore's count on this row's own model (one multiply-add = 2 FLOPs here), forward only."""
+    from fvcore.nn import FlopCountAnalysis
+
+    was_training = model.training
+    counter = FlopCountAnalysis(model.eval(), x)
+    counter.unsupported_ops_warnings(False)
+    counter.uncalled_modules_warnings(False)
+    with torch.no_grad():
+        total = counter.total()
+    model.train(was_training)
+    return 2 * total / 1e9
+
+
+def measure(variant: str, mode: str, depth: int, size, batch: int, device_name: str, repeats: int, warmup: int,
+            threads: int, stride_in_1x1: bool, detector_config: str, queue) -> None:
+    """Child process: time ``repeats`` runs after ``warmup`` ones; report medians and peak memory."""
+    warnings.filterwarnings("ignore", category=FutureWarning)  # torch.jit deprecation notes from imports
+    try:
+        torch.set_num_threads(threads)
+        device = torch.device(device_name)
+        amp = variant.endswith("-amp")
+        autocast = torch.autocast(device.type, dtype=half_dtype(device), enabled=amp)
+        torch.manual_seed(0)
+        gflop = float("nan")
+        first_loss = []
+        saved_mb = float("nan")
+        if mode == "detector":
+            step, n_params, first_loss = detector_step(variant, depth, size, batch, device, detector_config)
+        elif mode == "detector-eval":
+            step, n_params = detector_eval(variant, depth, size, batch, device, detector_config)
+        else:
+            model = build_backbone(variant, depth, stride_in_1x1)
+            x = torch.randn(batch, 3, *size) * 50
+            gflop = count_gflop(model, x[:1]) * batch
+            model = model.to(device)
+            x = x.to(device)
+            channels_last = variant.startswith(("ours-opt", "ours-compiled"))
+            if mode == "inference":
+                model.eval()
+                if channels_last:
+                    from resnet_backbones.modeling import optimize_for_inference
+
+                    optimize_for_inference(model)
+                if variant.startswith("ours-compiled"):
+                    from resnet_backbones.modeling import compile_for_inference
+
+                    model = compile_for_inference(model)
+            else:
+                model.train()
+                if channels_last:
+                    model.to(memory_format=torch.channels_last)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            n_params = sum(p.numel() for p in model.parameters())
+            params = [p for p in model.parameters() if p.requires_grad]
+            if mode == "train":
+                saved_mb = saved_activations_mb(model, x, autocast)
+
+            def step():
+                if mode == "inference":
+                    with torch.no_grad(), autocast:
+                        model(x)
+                else:
+                    for p in params:
+                        p.grad = None
+                    with autocast:
+                        out = model(x)
+                    sum(v.float().mean() for v in out.values()).backward()
+
+        sync(device)
+        base_rss = _rss_bytes()
+        if device.type == "cpu":
+            _reset_peak_rss()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+            base_cuda = torch.cuda.memory_allocated()
+        for _ in range(warmup):
+            step()
+        sync(device)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            step()
+            sync(device)
+            times.append(time.perf_counter() - t0)
+        if device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated() - base_cuda
+        else:
+            peak = _peak_rss_bytes() - base_rss
+        queue.put({"median_s": statistics.median(times), "times": times, "peak_mb": max(peak, 0) / 2**20,
+                   "params": n_params, "gflop": gflop, "saved_mb": saved_mb, **({"first_loss": first_loss[0]} if first_loss else {})})
+    except Exception as e:  # reported in the table instead of killing the whole run
+        queue.put({"error": f"{type(e).__name__}: {e}"})
+
+
+def matmul_peak(device, dtype, n=2048, repeats=5) -> float:
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def run_isolated(*args) -> dict:
+    """:func:`measure` in a spawned process: its result dict."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=measure, args=(*args, queue))
+    proc.start()
+    result = queue.get()
+    proc.join()
+    return result
+
+
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
