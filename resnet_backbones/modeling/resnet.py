@@ -20,6 +20,7 @@ from .norm import FrozenBatchNorm2d, get_norm
 
 __all__ = [
     "ShapeSpec",
+    "DeclaredOutputs",
     "Conv2d",
     "BlockBase",
     "BasicBlock",
@@ -285,7 +286,29 @@ class _FeatureNorm(nn.Module):
         return F.relu(self.norm(x))
 
 
-class ResNet(nn.Module):
+class DeclaredOutputs:
+    """What every body declares about its outputs, from ``self._out_features`` and ``self._shapes``:
+    ``out_features``, ``output_shape()`` and ``size_divisibility`` (0: any input size, outputs are
+    ceil(H / stride)). Mixed into :class:`ResNet` and :class:`~resnet_backbones.modeling.vgg.VGG`."""
+
+    _out_features: List[str]
+    _shapes: Dict[str, ShapeSpec]
+
+    @property
+    def out_features(self) -> List[str]:
+        return list(self._out_features)
+
+    @property
+    def size_divisibility(self) -> int:
+        """The body accepts any input size (outputs are ceil(H / stride))."""
+        return 0
+
+    def output_shape(self) -> Dict[str, ShapeSpec]:
+        """{name: ShapeSpec(channels, stride)} for each entry of ``out_features``."""
+        return dict(self._shapes)
+
+
+class ResNet(DeclaredOutputs, nn.Module):
     """A stem and stages ``res2``..``res5`` that return a dict of the requested feature maps.
 
     Args:
@@ -365,19 +388,6 @@ class ResNet(nn.Module):
         self.checkpoint_stages = tuple(self.stage_names)
         self.checkpoint_per_block = False
         self.freeze(freeze_at)
-
-    @property
-    def out_features(self) -> List[str]:
-        return list(self._out_features)
-
-    @property
-    def size_divisibility(self) -> int:
-        """The body accepts any input size (outputs are ceil(H / stride))."""
-        return 0
-
-    def output_shape(self) -> Dict[str, ShapeSpec]:
-        """{name: ShapeSpec(channels, stride)} for each entry of ``out_features``."""
-        return dict(self._shapes)
 
     def freeze(self, freeze_at: int = 0) -> "ResNet":
         """Freeze the stem (freeze_at >= 1) and stages res2..res{freeze_at} (freeze_at >= 2)."""

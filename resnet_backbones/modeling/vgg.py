@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .resnet import ShapeSpec
+from .resnet import DeclaredOutputs, ShapeSpec
 
 __all__ = ["VGG", "VGG_DEPTHS", "build_vgg"]
 
@@ -31,7 +31,7 @@ VGG_DEPTHS: Dict[int, Tuple[Tuple[int, ...], ...]] = {
 BLOCK_NAMES = ("conv1", "conv2", "conv3", "conv4", "conv5")
 
 
-class VGG(nn.Module):
+class VGG(DeclaredOutputs, nn.Module):
     """VGG blocks ``conv1``..``conv5`` that return a dict of the requested block outputs.
 
     Args:
@@ -71,19 +71,6 @@ class VGG(nn.Module):
         self._shapes = {name: shapes[name] for name in self._out_features}
         self.freeze_at = freeze_at
         self.freeze(freeze_at)
-
-    @property
-    def out_features(self) -> List[str]:
-        return list(self._out_features)
-
-    @property
-    def size_divisibility(self) -> int:
-        """Any input size (outputs are ceil(H / stride))."""
-        return 0
-
-    def output_shape(self) -> Dict[str, ShapeSpec]:
-        """{name: ShapeSpec(channels, stride)} for each entry of ``out_features``."""
-        return dict(self._shapes)
 
     def freeze(self, freeze_at: int = 0) -> "VGG":
         """requires_grad=False for the convs of blocks conv1..conv{freeze_at}."""
