@@ -27,8 +27,8 @@ from .modeling import (
 from .solver import amp_dtype
 
 __all__ = ["resnet_kwargs_from_cfg", "build_body_from_cfg", "build_fpn_from_cfg", "build_res5_head_from_cfg",
-           "check_res5_head_cfg", "build_vgg_from_cfg", "FPN_BACKBONES", "BODY_BACKBONES", "VGG_BACKBONES", "inference_model",
-           "inference_dtype", "inference_runner", "AutocastInference"]
+           "check_res5_head_cfg", "build_vgg_from_cfg", "FPN_BACKBONES", "BODY_BACKBONES", "VGG_BACKBONES",
+           "inference_model", "inference_dtype", "inference_runner", "AutocastInference"]
 
 logger = logging.getLogger("resnet_backbones")
 

@@ -2,8 +2,8 @@
 
 detectron2's GeneralizedRCNN and the torchvision engine are built from ``mask_rcnn_R50.yaml`` (FPN),
 ``mask_rcnn_R50_C4.yaml`` (C4: Res5ROIHeads), ``mask_rcnn_R50_DC5.yaml`` (DC5) and the seed's baseline
-``faster_rcnn_VGG16.yaml`` (CPU, test sizes reduced to keep the test fast); the torchvision engine gets detectron2's weights through the
-detector checkpoint converter (strict). Each stage is fed detectron2's result of the stage before, so
+``faster_rcnn_VGG16.yaml`` (CPU, test sizes reduced to keep the test fast); the torchvision engine gets
+detectron2's weights through the detector checkpoint converter (strict). Each stage is fed detectron2's result of the stage before, so
 a difference shows where it arises. Tolerances are the ones the engines promise in the README.
 """
 import json
@@ -99,8 +99,8 @@ def dataset(tmp_path_factory):
     return DatasetSpec("equiv_test", str(json_file), str(root))
 
 
-# The three detector layouts of detectron2's COCO models and the seed's VGG-16, each from its shipped config. C4 runs the whole
-# res5 stage per proposal (about 1.5 GFLOP each at R-50 width) and DC5 a res5 at stride 16: at full width
+# The three detector layouts of detectron2's COCO models and the seed's VGG-16, each from its shipped
+# config. C4 runs the whole res5 stage per proposal (about 1.5 GFLOP each at R-50 width) and DC5 a res5 at stride 16: at full width
 # the two took 20 min here, so they run at a quarter of R-50's width (16 channels per group; the same
 # blocks, strides, dilation and heads) and C4 with 300 proposals.
 QUARTER_WIDTH = ["MODEL.RESNETS.WIDTH_PER_GROUP", "16", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64"]

@@ -33,8 +33,9 @@ logger = logging.getLogger("resnet_backbones")
 
 def use_imagenet_weights(model, dataloader, source: str) -> None:
     """Set ``model.backbone.weights = source`` (and ``model.roi_heads.res5.weights``, the C4 models'
-    res5 head) and the input conventions those weights imply: the stride position of body and head, the model's pixel mean/std and channel order, and the data mappers'
-    image format (detectron2's test mapper follows the train mapper's). For a LazyConfig file."""
+    res5 head) and the input conventions those weights imply: the stride position of body and head,
+    the model's pixel mean/std and channel order, and the data mappers' image format (detectron2's test
+    mapper follows the train mapper's). For a LazyConfig file."""
     conventions = known_conventions(source)
     if conventions is None:
         raise WeightsError(f"{source}: its input conventions are not known; set model.backbone.weights, "

@@ -46,7 +46,8 @@ def match_vgg_state(body: VGG, box_head: nn.Module, state: Mapping[str, object],
     source = source or "checkpoint"
     if not is_torchvision_vgg(state):
         raise WeightsError(f"{source} is not a torchvision VGG state dict (features.{{i}}.*, classifier.{{i}}.*): "
-                           "the VGG body loads torchvision's ImageNet VGG-16 (torchvision://VGG16_Weights.IMAGENET1K_V1) "
+                           "the VGG body loads torchvision's ImageNet VGG-16 "
+                           "(torchvision://VGG16_Weights.IMAGENET1K_V1) "
                            "or a detector checkpoint of this config")
     tensors = {k: torch.as_tensor(v) for k, v in state.items()}
     conv_ids = sorted({int(_KEY.match(k).group(2)) for k in tensors if k.startswith("features.")})
