@@ -114,6 +114,9 @@ def test_weights_that_do_not_fit_are_refused(vgg16_file, tmp_path):
     cfg = cfg_for("MODEL.WEIGHTS", path, "MODEL.ROI_BOX_HEAD.FC_DIM", "1024")
     with pytest.raises(WeightsError, match="FC_DIM 4096"):
         load_model_weights(build_model(cfg), cfg)
+    cfg = cfg_for("MODEL.WEIGHTS", path, "MODEL.ROI_BOX_HEAD.NUM_CONV", "1", "MODEL.ROI_BOX_HEAD.CONV_DIM", "512")
+    with pytest.raises(WeightsError, match="NUM_CONV 0"):  # the fcs would fit, the conv would stay random
+        load_model_weights(build_model(cfg), cfg)
     cfg = cfg_for("MODEL.WEIGHTS", path, "INPUT.FORMAT", "BGR")
     with pytest.raises(ConfigError, match="INPUT.FORMAT RGB"):
         load_model_weights(build_model(cfg), cfg)

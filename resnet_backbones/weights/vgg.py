@@ -71,9 +71,10 @@ def match_vgg_state(body: VGG, box_head: nn.Module, state: Mapping[str, object],
     if box_head is not None:
         fcs = _linears(box_head)
         wanted = [("classifier.0", "fc6"), ("classifier.3", "fc7")]
-        if len(fcs) != 2:
-            raise WeightsError(f"the box head has {len(fcs)} FC layers; fc6/fc7 of VGG-16 need MODEL.ROI_BOX_HEAD."
-                               "NUM_CONV 0, NUM_FC 2, FC_DIM 4096 and POOLER_RESOLUTION 7")
+        if any(isinstance(m, nn.Conv2d) for m in box_head.modules()) or len(fcs) != 2:
+            raise WeightsError(f"the box head has {len(fcs)} FC layers (and convs, if any, that no VGG-16 "
+                               "tensor initialises): fc6/fc7 of VGG-16 need MODEL.ROI_BOX_HEAD.NUM_CONV 0, NUM_FC 2, "
+                               "FC_DIM 4096 and POOLER_RESOLUTION 7")
         for (name, fc), (src, what) in zip(fcs, wanted):
             for leaf in ("weight", "bias"):
                 key = f"{src}.{leaf}"
