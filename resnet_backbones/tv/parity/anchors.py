@@ -51,7 +51,8 @@ class Detectron2AnchorGenerator(nn.Module):
         """Per level a (Hi * Wi * A, 4) tensor: location-major (row-major grid), anchor-minor."""
         anchors = []
         for i, (feature, stride) in enumerate(zip(features, self.strides)):
-            base = getattr(self, f"cell_anchors_{i}").to(feature.device)
+            # float32 whatever the model's dtype, as detectron2's anchors (its Boxes are float32)
+            base = getattr(self, f"cell_anchors_{i}").to(feature.device, torch.float32)
             h, w = feature.shape[-2:]
             xs = torch.arange(self.offset * stride, w * stride, step=stride, dtype=torch.float32, device=feature.device)
             ys = torch.arange(self.offset * stride, h * stride, step=stride, dtype=torch.float32, device=feature.device)

@@ -10,6 +10,7 @@ from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.ops import batched_nms, clip_boxes_to_image
 
 from .masks import mask_targets_like_detectron2
+from .precision import at_least_float32
 
 __all__ = ["Detectron2ROIHeads", "Detectron2Res5ROIHeads", "init_heads_like_detectron2"]
 
@@ -61,10 +62,10 @@ class Detectron2ROIHeads(RoIHeads):
     def box_losses(self, class_logits, box_regression, labels, regression_targets) -> Dict[str, torch.Tensor]:
         labels = torch.cat(labels, dim=0)
         regression_targets = torch.cat(regression_targets, dim=0)
-        loss_cls = F.cross_entropy(class_logits.float(), labels) if labels.numel() else class_logits.sum() * 0
+        loss_cls = F.cross_entropy(at_least_float32(class_logits), labels) if labels.numel() else class_logits.sum() * 0
         pos = torch.where(labels > 0)[0]
         box_regression = box_regression.reshape(box_regression.shape[0], -1, 4)
-        loss_box = F.smooth_l1_loss(box_regression[pos, labels[pos]].float(), regression_targets[pos],
+        loss_box = F.smooth_l1_loss(at_least_float32(box_regression[pos, labels[pos]]), regression_targets[pos],
                                     beta=self.smooth_l1_beta, reduction="sum") / max(labels.numel(), 1)
         return {"loss_cls": loss_cls, "loss_box_reg": loss_box * self.bbox_loss_weight}
 
@@ -98,7 +99,7 @@ class Detectron2ROIHeads(RoIHeads):
         if gt.numel() == 0:
             return mask_logits.sum() * 0
         logits = mask_logits[torch.arange(len(labels), device=labels.device), labels]
-        return F.binary_cross_entropy_with_logits(logits.float(), gt, reduction="mean")
+        return F.binary_cross_entropy_with_logits(at_least_float32(logits), gt, reduction="mean")
 
     @staticmethod
     def foreground(proposals, matched_idxs, labels):

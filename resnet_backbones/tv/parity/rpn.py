@@ -10,6 +10,7 @@ from torchvision.models.detection.rpn import RegionProposalNetwork
 from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image
 
 from .anchors import Detectron2AnchorGenerator
+from .precision import at_least_float32
 
 __all__ = ["Detectron2RPN"]
 
@@ -83,9 +84,9 @@ class Detectron2RPN(RegionProposalNetwork):
                matched: torch.Tensor) -> Dict[str, torch.Tensor]:
         fg = labels == 1
         targets = torch.stack([self.box_coder.encode_single(m, anchors) for m in matched])
-        loc = F.smooth_l1_loss(deltas[fg].float(), targets[fg], beta=self.smooth_l1_beta, reduction="sum")
+        loc = F.smooth_l1_loss(at_least_float32(deltas[fg]), targets[fg], beta=self.smooth_l1_beta, reduction="sum")
         valid = labels >= 0
-        cls = F.binary_cross_entropy_with_logits(logits[valid].float(), labels[valid], reduction="sum")
+        cls = F.binary_cross_entropy_with_logits(at_least_float32(logits[valid]), labels[valid], reduction="sum")
         normalizer = self.fg_bg_sampler.batch_size_per_image * labels.shape[0]
         return {"loss_rpn_cls": cls / normalizer * self.loss_weight,
                 "loss_rpn_loc": loc / normalizer * self.loss_weight * self.bbox_loss_weight}

@@ -152,7 +152,8 @@ class Detectron2Transform(GeneralizedRCNNTransform):
             if image.dim() != 3:
                 raise ValueError(f"images are expected to be (C, H, W) tensors, got {tuple(image.shape)}")
             image, t = self.resize(image, targets[i] if targets is not None else None)
-            images[i] = self.normalize(image.to(self._device.device, non_blocking=True).float())
+            # in the model's dtype (this buffer's), as detectron2 normalises with its pixel_mean buffer
+            images[i] = self.normalize(image.to(self._device.device, non_blocking=True).to(self._device.dtype))
             if targets is not None:
                 targets[i] = t
         image_sizes = [tuple(img.shape[-2:]) for img in images]
