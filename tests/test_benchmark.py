@@ -37,3 +37,23 @@ def test_the_tool_prints_and_records_the_cpu(tmp_path):
         assert "error" not in r, r
         assert r["median_s"] > 0 and r["gflop"] > 0 and len(r["times"]) == 1
     assert rows[("train", "ours")]["saved_mb"] > 0
+
+
+def test_profile_attributes_the_step_to_the_detector_parts():
+    """--profile's per-module scopes: every part of the torchvision engine's detector is timed, the parts
+    and the rest add up to the step, and the hooks are gone afterwards."""
+    import torch
+
+    from resnet_backbones.benchmark.profile import profile_step
+    from resnet_backbones.benchmark.rows import detector_step
+
+    step, _, _ = detector_step("tv-engine", 18, (64, 96), 1, torch.device("cpu"),
+                               "quick_schedules/faster_rcnn_R18_synthetic.yaml")
+    step()
+    prof = profile_step(step, step.model, 1, torch.device("cpu"), top=5)
+    parts = prof["sections"]
+    assert set(parts) == {"body", "FPN", "RPN", "ROI heads", "transform", "rest (backward, optimizer, other)"}
+    assert all(parts[k] > 0 for k in ("body", "FPN", "RPN", "ROI heads"))
+    assert abs(sum(parts.values()) - prof["step_ms"]) < 1e-6 * prof["step_ms"] + 1e-9
+    assert len(prof["ops"]) == 5 and any("conv" in op["op"] for op in prof["ops"])
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in step.model.modules())

@@ -4,6 +4,8 @@
     python tools/benchmark.py                                   # R50-FPN, 800x1216, batch 1, CPU
     python tools/benchmark.py --depths 50 101 152 --device cuda --batch 2
     python tools/benchmark.py --modes train --variants d2 ours ours-opt-amp --repeats 10
+    python tools/benchmark.py --depths 18 --size 128 160 --batch 8 --modes detector detector-eval \
+        --detector-config quick_schedules/faster_rcnn_R18_synthetic.yaml --profile   # where a step's time goes
 
 Like for like: every backbone row is ResNet-FPN with FrozenBN everywhere, stem and res2 frozen (FREEZE_AT
 2), the same stride position (the 3x3 conv, torchvision's convention; ``--stride-in-1x1`` for MSRA's,
@@ -64,6 +66,23 @@ def _d2_available() -> bool:
     return detectron2_available()
 
 
+def _print_profiles(records) -> None:
+    """--profile: per row, the step's time per module (forward passes) and the most expensive ops."""
+    for r in records:
+        prof = r["profile"]
+        step = prof["step_ms"]
+        print(f"### profile: {r['mode']} {r['variant']} ({r['dtype']}): {step:.0f} ms per step under the profiler\n")
+        print("| part | ms per step | share |")
+        print("|---|---|---|")
+        for label, ms in prof["sections"].items():
+            print(f"| {label} | {ms:.0f} | {100 * ms / step:.0f}% |")
+        print("\n| op (self time) | ms per step | share | calls per step |")
+        print("|---|---|---|---|")
+        for op in prof["ops"]:
+            print(f"| {op['op']} | {op['self_ms']:.1f} | {100 * op['self_ms'] / step:.1f}% | {op['calls']:.0f} |")
+        print()
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--depths", type=int, nargs="+", default=[50])
@@ -84,6 +103,8 @@ def main(argv=None) -> int:
                    help="MSRA's stride position for every backbone row (torchvision's builder has none)")
     p.add_argument("--emulated-bf16", action="store_true",
                    help="run the bf16 rows on a CPU without native bf16 too (labelled, no peak share)")
+    p.add_argument("--profile", action="store_true",
+                   help="detector modes: also profile each row (torch.profiler; per module and per op, after the table)")
     p.add_argument("--json", help="also write every measurement to this file")
     args = p.parse_args(argv)
 
@@ -139,7 +160,8 @@ def main(argv=None) -> int:
             results = {}
             for v in names:
                 results[v] = run_isolated(v, mode, depth, tuple(args.size), args.batch, args.device, args.repeats,
-                                          args.warmup, args.threads, args.stride_in_1x1, args.detector_config)
+                                          args.warmup, args.threads, args.stride_in_1x1, args.detector_config,
+                                          profile=args.profile)
             ref = results.get(det_reference if mode.startswith("detector") else reference, {}).get("median_s")
             for v, r in results.items():
                 records.append({"depth": depth, "mode": mode, "variant": v,
@@ -168,6 +190,7 @@ def main(argv=None) -> int:
                       f"{r['median_s']:.3f} | {ratio} | {rate_s} | {share} | {r['peak_mb']:.0f} | "
                       f"{'' if r['saved_mb'] != r['saved_mb'] else round(r['saved_mb'])} |", flush=True)
         print()
+        _print_profiles([r for r in records if r["depth"] == depth and "profile" in r])
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": str(device), "device_name": name, "native_bf16": native_bf16, "cpu": cpu,

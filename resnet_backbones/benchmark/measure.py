@@ -70,8 +70,10 @@ def count_gflop(model, x) -> float:
 
 
 def measure(variant: str, mode: str, depth: int, size, batch: int, device_name: str, repeats: int, warmup: int,
-            threads: int, stride_in_1x1: bool, detector_config: str, queue) -> None:
-    """Child process: time ``repeats`` runs after ``warmup`` ones; report medians and peak memory."""
+            threads: int, stride_in_1x1: bool, detector_config: str, queue, profile: bool = False) -> None:
+    """Child process: time ``repeats`` runs after ``warmup`` ones; report medians and peak memory. With
+    ``profile`` (detector modes), the timed runs are followed by as many under torch.profiler
+    (:func:`resnet_backbones.benchmark.profile.profile_step`), reported as ``profile``."""
     warnings.filterwarnings("ignore", category=FutureWarning)  # torch.jit deprecation notes from imports
     try:
         torch.set_num_threads(threads)
@@ -145,8 +147,13 @@ def measure(variant: str, mode: str, depth: int, size, batch: int, device_name: 
             peak = torch.cuda.max_memory_allocated() - base_cuda
         else:
             peak = _peak_rss_bytes() - base_rss
+        extra = {"first_loss": first_loss[0]} if first_loss else {}
+        if profile and mode.startswith("detector"):
+            from .profile import profile_step
+
+            extra["profile"] = profile_step(step, step.model, repeats, device)
         queue.put({"median_s": statistics.median(times), "times": times, "peak_mb": max(peak, 0) / 2**20,
-                   "params": n_params, "gflop": gflop, "saved_mb": saved_mb, **({"first_loss": first_loss[0]} if first_loss else {})})
+                   "params": n_params, "gflop": gflop, "saved_mb": saved_mb, **extra})
     except Exception as e:  # reported in the table instead of killing the whole run
         queue.put({"error": f"{type(e).__name__}: {e}"})
 
@@ -165,13 +172,13 @@ def matmul_peak(device, dtype, n=2048, repeats=5) -> float:
     return 2 * n**3 / statistics.median(times) / 1e9
 
 
-def run_isolated(*args) -> dict:
+def run_isolated(*args, profile: bool = False) -> dict:
     """:func:`measure` in a spawned process: its result dict."""
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=measure, args=(*args, queue))
+    proc = ctx.Process(target=measure, args=(*args, queue, profile))
     proc.start()
     result = queue.get()
     proc.join()

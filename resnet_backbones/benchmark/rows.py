@@ -139,6 +139,7 @@ def detector_step(variant: str, depth: int, size, batch: int, device, config: st
         scaler.step(opt)
         scaler.update()
 
+    step.model = model  # for --profile's per-module scopes
     return step, sum(p.numel() for p in model.parameters()), first_loss
 
 
@@ -165,6 +166,7 @@ def detector_eval(variant: str, depth: int, size, batch: int, device, config: st
             for x in inputs:
                 runner(x)
 
+    step.model = model  # for --profile's per-module scopes
     return step, sum(p.numel() for p in model.parameters())
 
 
