@@ -2,7 +2,7 @@
 benchmark's detector rows (one SGD step, or what --eval-only does per image), per module and per op.
 
 Per module: the forward pass of each part of the detector, timed by a ``record_function`` scope opened
-and closed by forward hooks (``body`` is ``backbone.bottom_up``; ``FPN`` is the rest of ``backbone``;
+and closed by forward hooks (``body`` is ``backbone.bottom_up``, or the whole ``backbone`` of C4 and DC5; ``FPN`` is the rest of ``backbone``;
 ``RPN`` is ``proposal_generator`` / ``rpn``; ``transform`` exists on the torchvision engine only, and
 detectron2's ``preprocess_image`` falls in ``rest``); ``rest`` is everything else of the step: the
 backward pass, the optimizer, detectron2's preprocessing and event storage. Per op: the most expensive
@@ -16,18 +16,22 @@ from torch.profiler import ProfilerActivity, profile, record_function
 __all__ = ["SECTIONS", "profile_step"]
 
 # (label, submodule names tried in order); nested scopes are made exclusive afterwards (FPN minus body).
-SECTIONS = (("body", ("backbone.bottom_up",)), ("FPN", ("backbone",)), ("RPN", ("proposal_generator", "rpn")),
+# A body-only backbone (C4, DC5) is the body, and has no FPN part.
+SECTIONS = (("body", ("backbone.bottom_up", "backbone")), ("FPN", ("backbone",)), ("RPN", ("proposal_generator", "rpn")),
             ("ROI heads", ("roi_heads",)), ("transform", ("transform",)))
 
 
 def _scoped(model) -> List:
-    handles = []
+    handles, seen = [], set()
     for label, names in SECTIONS:
         for name in names:
             try:
                 module = model.get_submodule(name)
             except AttributeError:
                 continue
+            if id(module) in seen:
+                break
+            seen.add(id(module))
             open_scopes = []
 
             def pre(mod, args, label=label, open_scopes=open_scopes):
