@@ -52,6 +52,7 @@ from resnet_backbones.config import load_config  # noqa: E402
 from resnet_backbones.d2.train import Trainer as D2Trainer  # noqa: E402
 from resnet_backbones.d2.train import register_datasets  # noqa: E402
 from resnet_backbones.tv.train import Trainer as TvTrainer  # noqa: E402
+from resnet_backbones.tv.train import iteration_seed  # noqa: E402
 from resnet_backbones.weights.detector import to_torchvision  # noqa: E402
 
 ITERS = 50
@@ -77,10 +78,6 @@ LAYOUTS = {
 }
 
 
-def _iteration_seed(seed: int, iteration: int) -> int:
-    return (seed * 1_000_003 + iteration) * 1009  # tv.train.Trainer.run_step's (rank 0)
-
-
 class _Lockstep(HookBase):
     """Reseeds torch's generator before each iteration as the torchvision engine does, and records each
     iteration's losses and sample counts (per image) as the trainer and the model wrote them."""
@@ -89,7 +86,7 @@ class _Lockstep(HookBase):
         self.seed, self.losses, self.samples, self.lrs = seed, [], [], []
 
     def before_step(self):
-        torch.manual_seed(_iteration_seed(self.seed, self.trainer.iter))
+        torch.manual_seed(iteration_seed(self.seed, self.trainer.iter))
 
     def after_step(self):
         it = self.trainer.iter

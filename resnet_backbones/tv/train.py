@@ -24,9 +24,15 @@ from .evaluate import coco_evaluate, format_table, inference_on_dataset, save_re
 from ..weights.resolve import load_model_weights
 from .model import build_model, resolve_device
 
-__all__ = ["Trainer", "evaluate", "last_checkpoint", "setup_logging"]
+__all__ = ["Trainer", "evaluate", "iteration_seed", "last_checkpoint", "setup_logging"]
 
 logger = logging.getLogger("resnet_backbones")
+
+
+def iteration_seed(seed: int, iteration: int, rank: int = 0) -> int:
+    """The seed of torch's generator for one training iteration on one rank (``Trainer.run_step``):
+    every draw of an iteration follows from (SEED, iteration, rank), so ``--resume`` is exact."""
+    return (seed * 1_000_003 + iteration) * 1009 + rank
 
 
 def setup_logging(output_dir: Optional[str] = None) -> None:
@@ -209,7 +215,7 @@ class Trainer:
 
     def run_step(self, iteration: int, images, targets) -> Dict[str, float]:
         # Every random draw of this iteration (resize scale, RPN/ROI sampling) from (seed, iteration, rank).
-        torch.manual_seed((self.seed * 1_000_003 + iteration) * 1009 + get_rank())
+        torch.manual_seed(iteration_seed(self.seed, iteration, get_rank()))
         # Images stay on the CPU: the model's transform resizes them there (detectron2's uint8 PIL-like
         # resize) and moves them to the device.
         targets = [{k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in t.items()}
