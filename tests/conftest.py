@@ -3,10 +3,24 @@
 RESNET_BACKBONES_REQUIRE_DETECTRON2=1 (what .ci/run sets for the detectron2 test modules, after
 building detectron2): any skip fails the run instead, a skipped module at collection included, so
 that a detectron2 that stopped importing cannot pass CI as "N skipped".
+
+Under pytest-xdist (the README's test command runs ``-n 2``) each worker gets its share of the cores
+as intra-op threads, and so do the tools it starts (OMP_NUM_THREADS is inherited): on this project's
+2-core CPUs two single-threaded processes do more work than one with two threads (the quick schedules'
+small maps barely use a second thread; README "Performance"), and four threads on two cores would slow
+both workers down.
 """
 import os
 
 import pytest
+
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    _THREADS = max(1, (os.cpu_count() or 1) // _WORKERS)
+    os.environ["OMP_NUM_THREADS"] = str(_THREADS)  # for the tools the tests start (train_net, benchmark)
+    import torch
+
+    torch.set_num_threads(_THREADS)
 
 REQUIRE_ALL = os.environ.get("RESNET_BACKBONES_REQUIRE_DETECTRON2", "") not in ("", "0")
 

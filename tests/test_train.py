@@ -108,15 +108,17 @@ def test_cli_errors_are_clear(tmp_path):
 
 @pytest.mark.slow
 def test_ci_sized_training_learns_and_eval_only_and_demo_agree(tmp_path):
-    """First 300 iterations of the quick schedule (threshold: README "Quick schedules"), --eval-only, demo."""
+    """The main job as shipped (all 300 iterations; README "Quick schedules"), then --eval-only and demo."""
     out = tmp_path / "run"
     r = run_tool("tools/train_net.py", "--config", QUICK, "--engine", "torchvision", "OUTPUT_DIR", str(out),
-                 "SOLVER.MAX_ITER", "300", "SOLVER.CHECKPOINT_PERIOD", "1000")
+                 "SOLVER.CHECKPOINT_PERIOD", "1000")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "Evaluation results for bbox" in r.stdout
     final = [json.loads(x) for x in open(out / "metrics.json")][-1]
     print("CI-sized run:", {k: round(v, 2) for k, v in final.items() if k.startswith("bbox/AP")})
-    assert final["bbox/AP50"] >= 25.0  # 71.1 measured with bf16, 65.9 in FP32 (README); untrained: below 1
+    # 59.1 measured in FP32 with 2 threads (README); the spread over seeds and thread counts is a few
+    # points, so the bound is below the README's 55 target; untrained: below 1.
+    assert final["bbox/AP50"] >= 45.0
 
     again = run_tool("tools/train_net.py", "--config", QUICK, "--engine", "torchvision", "--eval-only",
                      "OUTPUT_DIR", str(tmp_path / "eval"),
@@ -136,7 +138,7 @@ def test_ci_sized_training_learns_and_eval_only_and_demo_agree(tmp_path):
 
 @pytest.mark.slow
 def test_ci_sized_training_on_a_coco_format_variant_with_80_coco_ids_learns(tmp_path):
-    """The first 300 iterations of the quick schedule, at its own settings, on another small COCO-format
+    """The main job's schedule (all 300 iterations), at its own settings, on another small COCO-format
     dataset: COCO's 80 real category ids, JPEGs of 100-200 px, polygons, crowd regions, grey and empty
     images (``shapes_coco80_jpeg_polygon``; README "Quick schedules"). With element-wise gradient
     clipping this recipe diverged here at iteration 65; now it must train and learn."""
@@ -144,7 +146,7 @@ def test_ci_sized_training_on_a_coco_format_variant_with_80_coco_ids_learns(tmp_
     r = run_tool("tools/train_net.py", "--config", QUICK, "--engine", "torchvision", "OUTPUT_DIR", str(out),
                  "DATASETS.TRAIN", '("shapes_coco80_jpeg_polygon_train",)',
                  "DATASETS.TEST", '("shapes_coco80_jpeg_polygon_val",)', "MODEL.ROI_HEADS.NUM_CLASSES", "80",
-                 "SOLVER.MAX_ITER", "300", "SOLVER.CHECKPOINT_PERIOD", "1000")
+                 "SOLVER.CHECKPOINT_PERIOD", "1000")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "Training health: healthy" in r.stdout + r.stderr
     final = [json.loads(x) for x in open(out / "metrics.json")][-1]
