@@ -26,8 +26,8 @@ def test_all_expected_configs_exist():
 
 # The forward below is a smoke test of the built model, on its 96x128 input as it is (the COCO configs
 # would resize it to 800x1067) with 50 proposals instead of 1000. At COCO size these forwards made this
-# module take 8 minutes on an AVX2-only CPU (one thread; 44 s now). Full-size inference is tested
-# in tests/test_detectron2.py and tests/test_engine_equivalence.py.
+# module take 8 minutes on an AVX2-only CPU (one thread; 44 s now). Inference at detection sizes (short
+# side 448) is compared between the engines in tests/test_engine_equivalence.py.
 SMOKE = ["MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "128",
          "MODEL.RPN.POST_NMS_TOPK_TEST", "50"]
 
