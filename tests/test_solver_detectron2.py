@@ -172,7 +172,8 @@ def test_overridden_schedules_equal_detectron2(name, overrides):
 
 
 def test_a_step_at_max_iter_is_refused_like_detectron2():
-    cfg = cfg_for(QUICK, ["SOLVER.STEPS", "(400,)"])
+    max_iter = cfg_for(QUICK, []).SOLVER.MAX_ITER
+    cfg = cfg_for(QUICK, ["SOLVER.STEPS", f"({max_iter},)"])  # a step at MAX_ITER
     model = model_for(cfg)
     with pytest.raises(ValueError, match="Milestone"):
         d2_build_lr_scheduler(cfg, d2_build_optimizer(cfg, model))
