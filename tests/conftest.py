@@ -50,3 +50,25 @@ def pytest_runtest_makereport(item, call):
     report = outcome.get_result()
     if REQUIRE_ALL and report.skipped and not hasattr(report, "wasxfail"):
         _fail_instead_of_skip(report)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Under pytest-xdist, each worker starts with one of the minutes-long trainings (``slow``).
+
+    ``--dist worksteal`` first gives worker k the k-th contiguous share of the collection (the shares
+    as equal as they divide); the trainings go to the fronts of the shares, round-robin, and the short
+    tests fill in around them. In collection order both trainings came last and ran on whichever
+    workers were free: one of them alone on one core for minutes while the other worker idled."""
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if _WORKERS < 2 or not slow:
+        return
+    rest = [item for item in items if not item.get_closest_marker("slow")]
+    ordered, left = [], len(items)
+    for k in range(_WORKERS):
+        share = left // (_WORKERS - k)  # what worksteal sends worker k first
+        mine = slow[k::_WORKERS]
+        take = max(0, share - len(mine))
+        ordered += mine + rest[:take]
+        rest = rest[take:]
+        left -= share
+    items[:] = ordered + rest

@@ -87,10 +87,11 @@ def test_frozen_bn_folded_in_training_gives_the_same_outputs_and_gradients(freez
     """Training folds FrozenBN into the convs (conv(x, W * s, t)); the issue's bar: gradients within 1e-4.
 
     Both FP32 gradients are measured against the exact one (the unfolded model in float64). On the
-    AVX-512 machine, and on the AVX2-only one with two threads, both are within 1e-6 of it. On the
-    AVX2-only EPYC with one thread (each pytest-xdist worker has one) oneDNN's backward of the conv
-    with a bias puts the folded res4.0.conv1 weight gradient 1.07e-4 from the exact one (unfolded:
-    7e-7), so the folded bound is 2e-4 there; README "Performance"."""
+    AVX2-only EPYC with two threads both are within 1e-6 of it; with one thread (each pytest-xdist
+    worker has one) oneDNN's backward of the conv with a bias puts the folded res4.0.conv1 weight
+    gradient 1.07e-4 from it (unfolded: 7e-7), so the folded bound is 2e-4 with one thread. (The
+    AVX-512 machine passed the earlier form of this test, folded within 1e-4 of unfolded, with two
+    threads; README "Performance".)"""
     torch.manual_seed(0)
     folded = pretrained_like(depth=50, freeze_at=freeze_at).train()
     plain = set_frozen_bn_folding(copy.deepcopy(folded), False)

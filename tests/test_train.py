@@ -117,9 +117,10 @@ def test_ci_sized_training_learns_and_eval_only_and_demo_agree(tmp_path):
     final = [json.loads(x) for x in open(out / "metrics.json")][-1]
     print("CI-sized run:", {k: round(v, 2) for k, v in final.items() if k.startswith("bbox/AP")})
     # Measured in FP32 on the AVX2-only CPU: 62.7 with one thread (a pytest-xdist worker), 59.1 with two
-    # (README "Quick schedules"). Thread counts and CPUs move it by a few points, so the bound is below
-    # the README's target of 55; untrained: below 1.
-    assert final["bbox/AP50"] >= 45.0
+    # (README "Quick schedules"); not yet measured in bf16 (a CPU with native bf16 runs it so). Thread
+    # counts, precision and CPUs move it, so the bound is well below the README's target of 55 (and above
+    # the 25 of the schedule it replaced); untrained: below 1.
+    assert final["bbox/AP50"] >= 40.0
 
     again = run_tool("tools/train_net.py", "--config", QUICK, "--engine", "torchvision", "--eval-only",
                      "OUTPUT_DIR", str(tmp_path / "eval"),
