@@ -3,7 +3,6 @@
 import json
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 from pycocotools import mask as mask_util
@@ -13,7 +12,6 @@ from resnet_backbones.data import COCOInstances
 from resnet_backbones.data.catalog import DatasetSpec
 from resnet_backbones.tv.model import build_model
 from resnet_backbones.tv.parity import Detectron2AnchorGenerator
-from resnet_backbones.tv.roi_align import roi_align
 
 POLY = [10.0, 10.0, 50.0, 12.0, 30.0, 40.0]
 
@@ -78,39 +76,3 @@ def test_anchor_offset_and_several_sizes_per_level():
     anchors = gen.grid_anchors([torch.zeros(1, 1, 2, 3)])[0]
     assert anchors.shape == (2 * 3 * 4, 4)
     assert torch.allclose(anchors[4 + 1], torch.tensor([12.0 - 8, 4.0 - 8, 12.0 + 8, 4.0 + 8]))  # x=1, y=0
-
-
-@pytest.mark.parametrize("aligned,sampling_ratio,channels_last,bf16", [
-    (True, 0, False, False), (False, 2, False, False), (True, 0, True, True), (False, 0, False, True)])
-def test_threaded_roi_align_is_bit_identical_to_torchvision(aligned, sampling_ratio, channels_last, bf16):
-    """The CPU RoIAlign that runs torchvision's kernels on channel slices in parallel threads: the same
-    forward output and input gradient, bit for bit, under autocast too (float32 kernels, input dtype out)."""
-    from torchvision.ops import roi_align as tv_roi_align
-
-    torch.manual_seed(0)
-    x = torch.randn(3, 20, 24, 30)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    x1, y1 = torch.rand(60) * 130 - 5, torch.rand(60) * 100 - 5
-    w, h = torch.rand(60) * 80, torch.rand(60) * 60
-    w[:3] = 0  # degenerate boxes
-    rois = torch.stack([torch.randint(0, 3, (60,)).float(), x1, y1, x1 + w, y1 + h], dim=1)
-    if bf16:
-        x, rois = x.bfloat16(), rois.bfloat16()
-    grad = torch.randn(60, 20, 7, 7, dtype=x.dtype)
-    inputs, outputs = [], []
-    for fn in (tv_roi_align, roi_align):
-        inp = x.clone().requires_grad_()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            out = fn(inp, rois, 7, 0.25, sampling_ratio, aligned)
-        out.backward(grad)
-        inputs.append(inp)
-        outputs.append(out)
-    assert outputs[0].dtype == outputs[1].dtype == x.dtype
-    assert torch.equal(outputs[0], outputs[1])
-    assert inputs[1].grad.dtype == x.dtype and inputs[0].grad.abs().sum() > 0
-    assert torch.equal(inputs[0].grad, inputs[1].grad)
-    assert inputs[1].grad.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    if not bf16:
-        with torch.no_grad():
-            assert torch.equal(roi_align(x, rois, (7, 7), 0.25, sampling_ratio, aligned), outputs[0])

@@ -6,8 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from pycocotools import mask as mask_util
-
-from ..roi_align import roi_align  # torchvision's, with its CPU backward on every thread
+from torchvision.ops import roi_align  # as detectron2's ROIAlign
 
 __all__ = ["mask_targets_like_detectron2", "paste_masks_like_detectron2"]
 

@@ -4,8 +4,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
-
-from ..roi_align import roi_align  # torchvision's, with its CPU backward on every thread
+from torchvision.ops import roi_align  # as detectron2's ROIAlign
 
 __all__ = ["MultiLevelRoIAlign"]
 
