@@ -7,6 +7,7 @@ test compares the two when detectron2 is installed). A key that is not in the tr
 import os
 from typing import Any, Dict, List, Optional, Sequence
 
+import yaml
 from fvcore.common.config import CfgNode as _FvCfgNode
 
 from .d2 import detectron2_available
@@ -237,8 +238,13 @@ def add_resnet_backbones_config(cfg) -> None:
         each logged once and their count in the end-of-run health line, instead of stopping with an error
         naming it and the last checkpoint. Evaluation always stops on one (an AP without some of its images
         is not that dataset's AP). tools/check_dataset.py decodes a whole dataset before a long run.
+    DATASETS: your own COCO-format datasets, as ``[[NAME, JSON_FILE, IMAGE_ROOT], ...]``, which
+        DATASETS.TRAIN and DATASETS.TEST can then name (``--dataset NAME JSON IMAGE_ROOT`` on the command
+        line adds to it). Relative paths are relative to the working directory and are made absolute when
+        the config is loaded, so OUTPUT_DIR/config.yaml reruns from anywhere. Read in every process of a
+        --num-gpus / torchrun launch, on both engines (:mod:`resnet_backbones.data.catalog`).
     VGG_DEPTH, VGG_OUT_FEATURES: the VGG body of MODEL.BACKBONE.NAME build_resnet_backbones_vgg_backbone
-        (the seed's VGG-16 baseline, configs/faster_rcnn_VGG16.yaml): 16 (or 19), and the blocks it emits,
+        (the VGG-16 baseline of He et al. 2016, Table 8; configs/faster_rcnn_VGG16.yaml): 16 (or 19), and the blocks it emits,
         conv1..conv5 (conv5: conv5_3 after its ReLU, stride 16, 512 channels).
     """
     # The node of cfg's own class: yacs refuses to merge a yaml file's subtree into a node of another
@@ -256,6 +262,7 @@ def add_resnet_backbones_config(cfg) -> None:
     cfg.MODEL.RESNET_BACKBONES.INFERENCE_AMP = False
     cfg.MODEL.RESNET_BACKBONES.DIVERGENCE_THRESHOLD = 20.0
     cfg.MODEL.RESNET_BACKBONES.SKIP_UNREADABLE_IMAGES = False
+    cfg.MODEL.RESNET_BACKBONES.DATASETS = []
     cfg.MODEL.RESNET_BACKBONES.VGG_DEPTH = 16
     cfg.MODEL.RESNET_BACKBONES.VGG_OUT_FEATURES = ["conv5"]
 
@@ -308,8 +315,28 @@ def resolve_config_path(name: str) -> str:
                       f"({CONFIGS_DIR}); the shipped ones: {', '.join(list_config_names())}")
 
 
-def load_config(name: str, overrides: Sequence[str] = (), *, use_detectron2: Optional[bool] = None):
-    """Defaults <- the yaml (with its ``_BASE_`` chain) <- ``KEY VALUE`` overrides; unknown keys are errors."""
+def _merge_file(cfg, path: str) -> None:
+    """``cfg.merge_from_file(path)``, except that a ``_BASE_`` that is not a file beside ``path`` may name
+    a shipped config by its short name (``_BASE_: faster_rcnn_R50.yaml`` in your own yaml, anywhere):
+    the shipped base is merged first, then the file's own keys."""
+    with open(path) as f:
+        raw = yaml.safe_load(f) or {}
+    base = raw.get("_BASE_") if isinstance(raw, dict) else None
+    if isinstance(base, str) and not os.path.isabs(os.path.expanduser(base)) \
+            and not os.path.isfile(os.path.join(os.path.dirname(path), base)):
+        _merge_file(cfg, resolve_config_path(base))  # a ConfigError listing the shipped names if unknown
+        del raw["_BASE_"]
+        cfg.merge_from_other_cfg(type(cfg)(raw))
+        return
+    cfg.merge_from_file(path)
+
+
+def load_config(name: str, overrides: Sequence[str] = (), *, use_detectron2: Optional[bool] = None,
+                datasets: Sequence[Sequence[str]] = ()):
+    """Defaults <- the yaml (with its ``_BASE_`` chain) <- ``KEY VALUE`` overrides; unknown keys are errors.
+
+    ``datasets``: ``(NAME, JSON_FILE, IMAGE_ROOT)`` triples (the command line's ``--dataset``), added to
+    MODEL.RESNET_BACKBONES.DATASETS; every entry there is checked and its paths made absolute."""
     path = resolve_config_path(name)
     if path.endswith(".py"):
         raise ConfigError(f"{path} is a detectron2 LazyConfig, not a yaml config: load it with "
@@ -320,7 +347,7 @@ def load_config(name: str, overrides: Sequence[str] = (), *, use_detectron2: Opt
     if len(overrides) % 2:
         raise ConfigError(f"overrides come in KEY VALUE pairs, got an odd list: {overrides}")
     try:
-        cfg.merge_from_file(path)
+        _merge_file(cfg, path)
         cfg.merge_from_list(overrides)
     except (KeyError, AssertionError) as e:  # yacs: KeyError from files, AssertionError from lists
         raise ConfigError(
@@ -330,5 +357,9 @@ def load_config(name: str, overrides: Sequence[str] = (), *, use_detectron2: Opt
         ) from e
     except ValueError as e:  # a value of the wrong type
         raise ConfigError(f"{path}: {e}") from e
+    from .data.catalog import normalize_config_datasets  # here, not at the top: the data package imports torch
+
+    cfg.MODEL.RESNET_BACKBONES.DATASETS = normalize_config_datasets(
+        list(cfg.MODEL.RESNET_BACKBONES.DATASETS) + [list(d) for d in datasets])
     cfg.freeze()
     return cfg

@@ -4,6 +4,9 @@
     python -m resnet_backbones.train_net --config quick_schedules/faster_rcnn_R18_synthetic.yaml
     python tools/train_net.py --config mask_rcnn_R50.yaml --eval-only MODEL.WEIGHTS output/model_final.pth
     python tools/train_net.py --config faster_rcnn_R50.yaml --num-gpus 8 SOLVER.IMS_PER_BATCH 16
+    python tools/train_net.py --config faster_rcnn_R50.yaml \
+        --dataset my_train data/train.json data/train --dataset my_val data/val.json data/val \
+        DATASETS.TRAIN '("my_train",)' DATASETS.TEST '("my_val",)' MODEL.ROI_HEADS.NUM_CLASSES 3
     resnet-backbones-train-net --config new_baselines/mask_rcnn_R152_FPN_100ep_LSJ.py train.max_iter=100
 
 Engines: detectron2 (DefaultTrainer) when importable, else the torchvision engine; the same yaml
@@ -39,8 +42,17 @@ def parse_args(argv=None):
     p.add_argument("--machine-rank", type=int, default=0)
     p.add_argument("--dist-url", default="auto", help="tcp://<machine 0 address>:<port> for several machines")
     p.add_argument("--engine", choices=("auto", "detectron2", "torchvision"), default="auto")
+    add_dataset_argument(p)
     p.add_argument("opts", nargs="*", help="config overrides: KEY VALUE pairs for a yaml, key=value for a LazyConfig")
     return p.parse_intermixed_args(argv)  # flags may follow the KEY VALUE pairs
+
+
+def add_dataset_argument(parser: argparse.ArgumentParser) -> None:
+    """``--dataset NAME JSON_FILE IMAGE_ROOT``, repeatable: your own COCO-format data, by name (the
+    same option in train_net, tools/check_dataset.py and tools/demo.py)."""
+    parser.add_argument("--dataset", nargs=3, action="append", default=[], metavar=("NAME", "JSON_FILE", "IMAGE_ROOT"),
+                        help="a COCO-format dataset that DATASETS.TRAIN / DATASETS.TEST can name (repeatable); "
+                             "added to MODEL.RESNET_BACKBONES.DATASETS, so it reaches every process of a launch")
 
 
 def _error(e: BaseException) -> str:
@@ -75,6 +87,10 @@ def _run_lazy(path: str, args, engine: str) -> int:
         raise ConfigError(f"{path} is a detectron2 LazyConfig, which runs on the detectron2 engine only; "
                           "install detectron2 from its source, or use the yaml config of the same model "
                           "(model_zoo.list_configs()) on the torchvision engine")
+    if args.dataset:
+        raise ConfigError("--dataset is for yaml configs; a LazyConfig names its datasets in Python: call "
+                          "resnet_backbones.data.register_coco_instances(name, json_file, image_root) at the top "
+                          "of the config file (every process of a launch loads it)")
     bad = [o for o in args.opts if "=" not in o]
     if bad:
         raise ConfigError(f"LazyConfig overrides are key=value (e.g. train.max_iter=100), got {bad}")
@@ -97,7 +113,7 @@ def main(argv=None) -> int:
         path = resolve_config_path(args.config)
         if path.endswith(".py"):
             return _run_lazy(path, args, engine)
-        cfg = load_config(path, args.opts, use_detectron2=engine == "detectron2")
+        cfg = load_config(path, args.opts, use_detectron2=engine == "detectron2", datasets=args.dataset)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -21,6 +21,11 @@ def fresh_loggers():
     attached to the previous test's captured stdout, as a new process would not have them."""
     from detectron2.utils.logger import setup_logger
 
+    # The torchvision engine's setup_logging (run in-process by other modules of a whole-suite run) leaves
+    # root handlers on a captured stream that pytest has since closed: drop them too.
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if type(h) in (logging.StreamHandler, logging.FileHandler)]:
+        root.removeHandler(handler)
     yield
     setup_logger.cache_clear()
     for name in ("detectron2", "d2", "resnet_backbones", "fvcore"):

@@ -4,7 +4,12 @@
     python tools/demo.py --config quick_schedules/mask_rcnn_R18_synthetic.yaml \
         --input img1.png img2.jpg --output demo_out/ MODEL.WEIGHTS output/mask_rcnn_R18_synthetic/model_final.pth
 
-Class names come from DATASETS.TRAIN's annotations (falling back to class indices).
+Class names come from DATASETS.TRAIN's annotations (falling back to class indices); a model trained
+on your own data names its dataset as in training:
+
+    python tools/demo.py --config faster_rcnn_R50.yaml --dataset my_train data/train.json data/train \
+        DATASETS.TRAIN '("my_train",)' MODEL.ROI_HEADS.NUM_CLASSES 3 MODEL.WEIGHTS output/model_final.pth \
+        --input photo.jpg --output demo/
 """
 import argparse
 import os
@@ -19,10 +24,13 @@ from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks  # no
 
 from resnet_backbones.config import ConfigError, load_config  # noqa: E402
 from resnet_backbones.data import DatasetError, read_image  # noqa: E402
+from resnet_backbones.train_net import add_dataset_argument  # noqa: E402
 from resnet_backbones.weights import WeightsError  # noqa: E402
 
 
 def class_names(cfg):
+    """The category names of DATASETS.TRAIN's json, in the model's class order (sorted by category id,
+    as both engines map them); class numbers where the dataset is not given or not there."""
     from resnet_backbones.data import COCOInstances, get_dataset
 
     try:
@@ -51,13 +59,15 @@ def main(argv=None) -> int:
     p.add_argument("--input", nargs="+", required=True, help="image files")
     p.add_argument("--output", required=True, help="folder for the PNGs")
     p.add_argument("--confidence-threshold", type=float, default=0.5)
+    add_dataset_argument(p)
     p.add_argument("opts", nargs="*", help="KEY VALUE overrides (MODEL.WEIGHTS ...)")
     args = p.parse_intermixed_args(argv)
     from resnet_backbones.tv.model import build_model, resolve_device
     from resnet_backbones.weights.resolve import load_model_weights
 
     try:
-        cfg = load_config(args.config, args.opts, use_detectron2=False)
+        cfg = load_config(args.config, args.opts, use_detectron2=False, datasets=args.dataset)
+        names = class_names(cfg)
         device = resolve_device(cfg)
         model = build_model(cfg).to(device).eval()
         if load_model_weights(model, cfg) != "detector":
@@ -65,7 +75,6 @@ def main(argv=None) -> int:
     except (ConfigError, WeightsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    names = class_names(cfg)
     os.makedirs(args.output, exist_ok=True)
     for path in args.input:
         try:
@@ -80,7 +89,9 @@ def main(argv=None) -> int:
             out = {k: v.cpu() for k, v in model([tensor])[0].items()}
         dest = os.path.join(args.output, os.path.splitext(os.path.basename(path))[0] + ".png")
         draw(rgb, out, names, args.confidence_threshold).save(dest)
-        print(f"{path}: {int((out['scores'] >= args.confidence_threshold).sum())} detections -> {dest}")
+        kept = out["scores"] >= args.confidence_threshold
+        found = ", ".join(f"{names[int(c) - 1]} {float(s):.2f}" for c, s in zip(out["labels"][kept], out["scores"][kept]))
+        print(f"{path}: {int(kept.sum())} detections{f' ({found})' if found else ''} -> {dest}")
     return 0
 
 

@@ -1,4 +1,5 @@
 """The detectron2 engine: thin glue over DefaultTrainer (COCOEvaluator, our checkpointer, our datasets)."""
+import contextlib
 import logging
 import os
 import signal
@@ -14,13 +15,14 @@ from detectron2.data import (DatasetCatalog, DatasetMapper, MetadataCatalog, bui
                              build_detection_train_loader)
 from detectron2.data.datasets import load_coco_json
 from detectron2.engine import AMPTrainer, DefaultTrainer, HookBase, SimpleTrainer, launch
+from detectron2.engine import defaults as d2_defaults
 from detectron2.evaluation import COCOEvaluator, verify_results
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
 from ..config import ConfigError
-from ..data import DatasetError, get_dataset, registered_datasets
+from ..data import DatasetError, config_datasets, get_dataset, registered_datasets
 from ..data.validate import UnreadableImageError, read_image
 from ..data.workers import plain_worker_errors
 from ..guard import LossGuard, TrainingInterrupted, checkpoint_note, evaluation_hint, last_checkpoint
@@ -38,15 +40,22 @@ logger = logging.getLogger("resnet_backbones")
 
 def register_dataset_names(names: Iterable[str], cfg=None) -> None:
     """Make our dataset names (COCO under $DETECTRON2_DATASETS, the synthetic shapes and their variants,
-    those of ``register_coco_instances``) known to DatasetCatalog/MetadataCatalog (synthetic data is
-    generated here). Our names are checked first, so a missing dataset is our error naming the path and
-    the fix; names we do not know are left to detectron2 (registered by the user)."""
+    those of ``register_coco_instances`` and of ``cfg``'s MODEL.RESNET_BACKBONES.DATASETS) known to
+    DatasetCatalog/MetadataCatalog (synthetic data is generated here). Our names are checked first
+    (:func:`resnet_backbones.data.get_dataset`: the files, and MODEL.ROI_HEADS.NUM_CLASSES against the
+    json), so a missing dataset is our error naming the path and the fix; names we do not know are left
+    to detectron2 (registered by the user). Called in every process of a launch, so a config's own
+    datasets are registered wherever the config goes."""
+    own = config_datasets(cfg)
     for name in names:
-        if name not in registered_datasets():
+        if name not in registered_datasets(cfg):
             continue
         spec = get_dataset(name, cfg)
         if name in DatasetCatalog.list():
-            continue  # detectron2's builtin COCO names: same files
+            if name not in own or MetadataCatalog.get(name).get("json_file", None) == spec.json_file:
+                continue  # detectron2's builtin COCO names, or registered before: the same files
+            DatasetCatalog.remove(name)  # the same name for other files (another config in this process)
+            MetadataCatalog.remove(name)
         DatasetCatalog.register(name, lambda s=spec: load_coco_json(s.json_file, s.image_root, s.name))
         MetadataCatalog.get(name).set(json_file=spec.json_file, image_root=spec.image_root, evaluator_type="coco")
 
@@ -165,6 +174,27 @@ def _inner_trainer_for_device(cfg, trainer: SimpleTrainer) -> SimpleTrainer:
     return CPUAutocastTrainer(*args, precision=dtype)
 
 
+@contextlib.contextmanager
+def _ddp_of_cpu_modules():
+    """detectron2's ``create_ddp_model`` (which ``DefaultTrainer.__init__`` calls) always passes
+    ``device_ids=[local rank]``, which DistributedDataParallel refuses for a module on the CPU: so
+    ``--num-gpus N`` without CUDA (N CPU processes on gloo, as on the torchvision engine) would fail.
+    Within this context a CPU module gets ``device_ids=None``, what DDP requires there; CUDA modules
+    are wrapped exactly as detectron2 wraps them."""
+    original = d2_defaults.create_ddp_model
+
+    def create_ddp_model(model, **kwargs):
+        if next(model.parameters()).device.type == "cpu":
+            kwargs.setdefault("device_ids", None)
+        return original(model, **kwargs)
+
+    d2_defaults.create_ddp_model = create_ddp_model
+    try:
+        yield
+    finally:
+        d2_defaults.create_ddp_model = original
+
+
 class DivergenceHook(HookBase):
     """:class:`resnet_backbones.guard.LossGuard` as a hook: reads the losses SimpleTrainer wrote to the
     EventStorage for this iteration (``total_loss`` and each ``loss_*``, on the main process, every
@@ -234,7 +264,8 @@ class Trainer(DefaultTrainer):
         self.guard = LossGuard.from_cfg(cfg)
         with warnings.catch_warnings():  # the AMPTrainer we replace off CUDA makes a CUDA GradScaler
             warnings.filterwarnings("ignore", message=".*GradScaler is enabled, but CUDA is not available")
-            super().__init__(cfg)
+            with _ddp_of_cpu_modules():
+                super().__init__(cfg)
         self._trainer = _inner_trainer_for_device(cfg, self._trainer)
         self._trainer.data_loader = _CountSkipped(self._trainer.data_loader, self.guard)
         self.checkpointer = ResnetBackbonesCheckpointer(

@@ -64,6 +64,7 @@ class ValidationReport:
     image_root: str
     num_images: int = 0
     num_annotations: int = 0
+    num_categories: int = 0
     problems: Dict[str, Tuple[int, List[str]]] = field(default_factory=dict)
     drops: Dict[str, Tuple[int, List[str]]] = field(default_factory=dict)
 
@@ -132,6 +133,7 @@ def _check(json_file: str, image_root: str) -> ValidationReport:
             report.problem("missing_file", f"{os.path.join(image_root, img['file_name'])} (image id {img['id']})")
     report.num_images = len(images)
     categories = {c.get("id") for c in data["categories"] if isinstance(c, dict)}
+    report.num_categories = len(categories)
     annotations = data.get("annotations") or []
     report.num_annotations = len(annotations)
     seen_ids = set()

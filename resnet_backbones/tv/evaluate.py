@@ -111,6 +111,22 @@ def format_table(iou_type: str, stats: Dict[str, float]) -> str:
     return f"Evaluation results for {iou_type}:\n{head}\n{sep}\n{row}"
 
 
+def format_per_class_table(iou_type: str, stats: Dict[str, float]) -> str:
+    """The per-category AP as detectron2's COCOEvaluator logs it: (category, AP) pairs, three to a row,
+    named as the json names the categories."""
+    pairs = [(k[3:], v) for k, v in stats.items() if k.startswith("AP-")]
+    cols = min(3, len(pairs)) or 1
+    width = max([len("category")] + [len(n) for n, _ in pairs])
+    head = "| " + " | ".join(f"{'category':<{width}} | AP    " for _ in range(cols)) + " |"
+    sep = "|" + "|".join(f":{'-' * (width + 1)}|:{'-' * 7}" for _ in range(cols)) + "|"
+    rows = []
+    for i in range(0, len(pairs), cols):
+        cells = [f"{n:<{width}} | {v:<6.3f}" for n, v in pairs[i:i + cols]]
+        cells += [f"{'':<{width}} | {'':<6}"] * (cols - len(cells))
+        rows.append("| " + " | ".join(cells) + " |")
+    return f"Per-category {iou_type} AP:\n" + "\n".join([head, sep] + rows)
+
+
 def save_results(results: List[dict], output_dir: str) -> str:
     os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, "coco_instances_results.json")

@@ -76,7 +76,7 @@ def build_model(cfg, *, num_classes: Optional[int] = None) -> GeneralizedRCNN:
 
     The three layouts of detectron2's COCO models: FPN (``build_resnet_backbones_fpn_backbone``,
     ``StandardROIHeads`` on p2..p5), C4 (the body up to res4, ``Res5ROIHeads``: res5 per RoI) and DC5
-    (the body with a dilated res5, ``StandardROIHeads`` on res5); and the seed's VGG-16 baseline
+    (the body with a dilated res5, ``StandardROIHeads`` on res5); and the VGG-16 baseline of He et al. 2016, Table 8
     (``build_resnet_backbones_vgg_backbone``, ``StandardROIHeads`` on conv5 with fc6/fc7 as the box head).
 
     The state dict keeps torchvision's layout (``rpn.head.*``, ``roi_heads.box_predictor.*`` with the

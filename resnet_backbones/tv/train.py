@@ -20,7 +20,7 @@ from ..guard import LossGuard, TrainingInterrupted, checkpoint_note, evaluation_
 from ..solver import amp_dtype, build_lr_scheduler, build_optimizer, clip_gradients_
 from .distributed import get_local_rank, get_rank, get_world_size, is_main_process, synchronize
 from ..builders import inference_runner
-from .evaluate import coco_evaluate, format_table, inference_on_dataset, save_results
+from .evaluate import coco_evaluate, format_per_class_table, format_table, inference_on_dataset, save_results
 from ..weights.resolve import load_model_weights
 from .model import build_model, resolve_device
 
@@ -85,8 +85,7 @@ def evaluate(cfg, model: nn.Module, device: torch.device) -> Dict[str, Dict[str,
             stats = coco_evaluate(dataset, results, iou_types)
             for iou_type, s in stats.items():
                 print(format_table(iou_type, s), flush=True)
-                logger.info("per-class AP (%s): %s", iou_type,
-                            {k[3:]: round(v, 3) for k, v in s.items() if k.startswith("AP-") and v == v})  # classes with GT
+                logger.info(format_per_class_table(iou_type, s))  # NaN: a class without ground truth here
             hint = evaluation_hint(cfg, stats.get("bbox"), len(results))
             if hint:
                 logger.warning("%s: %s", name, hint)
@@ -135,10 +134,6 @@ class Trainer:
                                      with_masks=cfg.MODEL.MASK_ON, mask_format=cfg.INPUT.MASK_FORMAT,
                                      filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
                                      skip_unreadable=cfg.MODEL.RESNET_BACKBONES.SKIP_UNREADABLE_IMAGES)
-        if self.dataset.num_classes != cfg.MODEL.ROI_HEADS.NUM_CLASSES:
-            raise ValueError(f"MODEL.ROI_HEADS.NUM_CLASSES={cfg.MODEL.ROI_HEADS.NUM_CLASSES} but {names[0]} has "
-                             f"{self.dataset.num_classes} classes: set MODEL.ROI_HEADS.NUM_CLASSES "
-                             f"{self.dataset.num_classes}")
         model = build_model(cfg).to(self.device)
         self.optimizer = build_optimizer(cfg, model)
         self.scheduler = build_lr_scheduler(cfg, self.optimizer)

@@ -147,7 +147,7 @@ class Detectron2ROIHeads(RoIHeads):
 
 class Detectron2Res5ROIHeads(Detectron2ROIHeads):
     """detectron2's ``Res5ROIHeads`` (modeling/roi_heads/roi_heads.py): the C4 detector of the ResNet
-    paper (the seed's section 7.3), whose whole res5 stage runs per RoI.
+    paper (He et al. 2016, section 4.3 and appendix A), whose whole res5 stage runs per RoI.
 
     - ``_shared_roi_transform``: ROIAlign of each box on res4 (``pooler``: one level, stride 16,
       ROI_BOX_HEAD.POOLER_RESOLUTION / POOLER_SAMPLING_RATIO / POOLER_TYPE), then ``res5`` (built by
