@@ -36,7 +36,7 @@ logger = logging.getLogger("resnet_backbones")
 # same architecture; the torchvision engine builds ours for both).
 FPN_BACKBONES = ("build_resnet_backbones_fpn_backbone", "build_resnet_fpn_backbone")
 BODY_BACKBONES = ("build_resnet_backbones_backbone", "build_resnet_backbone")
-# The seed's baseline: VGG-16 to conv5_3 (our builder on both engines; detectron2 has none).
+# The VGG-16 baseline of He et al. 2016 (Table 8): VGG-16 to conv5_3 (our builder on both engines; detectron2 has none).
 VGG_BACKBONES = ("build_resnet_backbones_vgg_backbone",)
 
 

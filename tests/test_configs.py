@@ -20,7 +20,7 @@ def test_all_expected_configs_exist():
         for depth in (50, 101, 152):
             for layout in ("", "_C4", "_DC5"):
                 assert f"{kind}_R{depth}{layout}.yaml" in ALL_CONFIGS and f"{kind}_R{depth}{layout}_3x.yaml" in ALL_CONFIGS
-    assert "faster_rcnn_VGG16.yaml" in ALL_CONFIGS  # the seed's baseline
+    assert "faster_rcnn_VGG16.yaml" in ALL_CONFIGS  # the VGG-16 baseline of He et al. 2016
     assert any(c.startswith("quick_schedules/") for c in ALL_CONFIGS)
 
 

@@ -187,7 +187,7 @@ def test_full_rcnn_gives_the_same_detections():
     with torch.no_grad():
         a = builtin([{"image": image}])[0]["instances"]
         b = ours([{"image": image}])[0]["instances"]
-        # The proposals too (a random-init model keeps only a few detections, as design.md notes).
+        # The proposals too (a random-init model keeps only a few detections, so its ROI heads see few boxes).
         images = builtin.preprocess_image([{"image": image}])
         pa = builtin.proposal_generator(images, builtin.backbone(images.tensor))[0][0]
         pb = ours.proposal_generator(images, ours.backbone(images.tensor))[0][0]
@@ -261,7 +261,7 @@ def test_quick_schedule_trains_and_evaluates_on_detectron2(tmp_path):
                        cwd=ROOT, capture_output=True, text=True, env=env, timeout=1200)
     assert r.returncode == 0, r.stderr[-3000:]
     # COCOEvaluator ran (after 20 iterations there may be no detection yet, then AP is NaN and
-    # detectron2 prints no table; the full quick schedule prints it: README "Quick schedules").
+    # detectron2 prints no table; the full quick schedule prints it: configs/quick_schedules/README.md).
     assert "copypaste: AP,AP50,AP75,APs,APm,APl" in r.stdout + r.stderr
 
 

@@ -1,7 +1,7 @@
 """The two engines compute the same thing, stage by stage, on the same weights (needs detectron2).
 
 detectron2's GeneralizedRCNN and the torchvision engine are built from ``mask_rcnn_R50.yaml`` (FPN),
-``mask_rcnn_R50_C4.yaml`` (C4: Res5ROIHeads), ``mask_rcnn_R50_DC5.yaml`` (DC5) and the seed's baseline
+``mask_rcnn_R50_C4.yaml`` (C4: Res5ROIHeads), ``mask_rcnn_R50_DC5.yaml`` (DC5) and the VGG-16 baseline of He et al. 2016
 ``faster_rcnn_VGG16.yaml`` (CPU, test sizes reduced to keep the test fast); the torchvision engine gets
 detectron2's weights through the detector checkpoint converter (strict). Each stage is fed detectron2's result of the stage before, so
 a difference shows where it arises. Tolerances are the ones the engines promise in the README.
@@ -99,7 +99,7 @@ def dataset(tmp_path_factory):
     return DatasetSpec("equiv_test", str(json_file), str(root))
 
 
-# The three detector layouts of detectron2's COCO models and the seed's VGG-16, each from its shipped
+# The three detector layouts of detectron2's COCO models and the VGG-16 of He et al. 2016 (Table 8), each from its shipped
 # config. C4 runs the whole res5 stage per proposal (about 1.5 GFLOP each at R-50 width) and DC5 a res5 at stride 16: at full width
 # the two took 20 min here, so they run at a quarter of R-50's width (16 channels per group; the same
 # blocks, strides, dilation and heads) and C4 with 300 proposals.
@@ -109,7 +109,7 @@ LAYOUTS = {
     "C4": ("mask_rcnn_R50_C4.yaml", [*QUARTER_WIDTH, "MODEL.RPN.POST_NMS_TOPK_TEST", "300",
                                      "MODEL.RPN.POST_NMS_TOPK_TRAIN", "300"]),
     "DC5": ("mask_rcnn_R50_DC5.yaml", QUARTER_WIDTH),
-    # The seed's VGG-16 baseline (Faster R-CNN only): its full width, at a short side of 224 (VGG-16 is
+    # The VGG-16 baseline of He et al. 2016 (Faster R-CNN only): its full width, at a short side of 224 (VGG-16 is
     # ~15 GFLOP at 224x224) with 300 proposals (fc6 is 25088x4096 per RoI).
     "VGG16": ("faster_rcnn_VGG16.yaml", ["INPUT.MIN_SIZE_TEST", "224", "INPUT.MAX_SIZE_TEST", "384",
                                          "INPUT.MIN_SIZE_TRAIN", "(224,)", "INPUT.MAX_SIZE_TRAIN", "384",

@@ -1,4 +1,4 @@
-"""The layout the design card fixes: the top level, a core that imports nothing above it, packaging."""
+"""The project's fixed layout: the top level, a core that imports nothing above it, packaging."""
 import ast
 import os
 import subprocess

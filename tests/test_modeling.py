@@ -14,7 +14,7 @@ from resnet_backbones.modeling import (
     build_resnet_fpn,
 )
 
-# The seed's table (section 6.5) rounds to 0.1M; ResNet-50 is also given exactly.
+# torchvision's model table (docs, "Classification") rounds to 0.1M; the exact counts are checked below.
 SEED_PARAMS = {18: 11.7e6, 34: 21.8e6, 50: 25.6e6, 101: 44.5e6, 152: 60.2e6}
 
 

@@ -1,4 +1,4 @@
-"""The seed's VGG-16 baseline without detectron2: the body is torchvision's VGG-16 to conv5_3, ImageNet
+"""The VGG-16 baseline of He et al. 2016 (Table 8) without detectron2: the body is torchvision's VGG-16 to conv5_3, ImageNet
 weights of torchvision's VGG-16 load into the body and fc6/fc7 into the box head (every tensor), and the
 configs that cannot use them are refused naming the fix. (tests/test_engine_equivalence.py compares
 both engines stage by stage on faster_rcnn_VGG16.yaml where detectron2 is installed.)"""
@@ -80,7 +80,7 @@ def test_vgg16_detector_layout():
     fcs = [m for m in model.roi_heads.box_head.modules() if isinstance(m, torch.nn.Linear)]
     assert [(fc.in_features, fc.out_features) for fc in fcs] == [(512 * 7 * 7, 4096), (4096, 4096)]
     assert not model.roi_heads.has_mask()
-    # Everything but the body and box head is the R101-C4 recipe the seed compares it with.
+    # Everything but the body and box head is the R101-C4 recipe the paper compares it with.
     r101 = load_config("faster_rcnn_R101_C4.yaml", [], use_detectron2=False)
     for key in ("SOLVER", "INPUT.MIN_SIZE_TRAIN", "INPUT.MAX_SIZE_TRAIN", "INPUT.MIN_SIZE_TEST", "MODEL.RPN.PRE_NMS_TOPK_TRAIN",
                 "MODEL.RPN.POST_NMS_TOPK_TEST", "MODEL.ANCHOR_GENERATOR", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",

@@ -3,7 +3,7 @@
 Registered names (prefixed, so they never collide with detectron2's own builders):
 - ``build_resnet_backbones_backbone``: the body alone (res2..res5 per MODEL.RESNETS.OUT_FEATURES).
 - ``build_resnet_backbones_fpn_backbone``: body + FPN (p2..p6), as detectron2's build_resnet_fpn_backbone.
-- ``build_resnet_backbones_vgg_backbone``: VGG-16 to conv5_3 (the seed's Faster R-CNN baseline).
+- ``build_resnet_backbones_vgg_backbone``: VGG-16 to conv5_3 (the Faster R-CNN baseline of He et al. 2016, Table 8).
 
 For LazyConfig models, :func:`resnet_fpn_backbone` builds the same backbone from plain keyword
 arguments (``L(resnet_fpn_backbone)(depth=101, ...)`` as ``model.backbone``); for the C4 models,

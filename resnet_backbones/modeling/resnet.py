@@ -1,9 +1,9 @@
 """ResNet / ResNeXt bodies emitting C2-C5 (``res2``..``res5``), post- or pre-activation.
 
-Architecture per He et al., "Deep Residual Learning for Image Recognition" (CVPR 2016), Table 1 (the
-seed's section 6.4): a 7x7/2 conv stem with 3x3/2 max pool, then four stages res2..res5 of basic
+Architecture per He et al., "Deep Residual Learning for Image Recognition" (CVPR 2016), Table 1 and
+section 3.3: a 7x7/2 conv stem with 3x3/2 max pool, then four stages res2..res5 of basic
 (ResNet-18/34) or bottleneck (ResNet-50/101/152) blocks. The pre-activation variant follows He et al.,
-"Identity Mappings in Deep Residual Networks" (ECCV 2016; the seed's section 10).
+"Identity Mappings in Deep Residual Networks" (ECCV 2016), Fig. 1(b) and Fig. 4(e).
 
 Module and parameter names follow detectron2 (``stem.conv1.weight``, ``res2.0.conv1.norm.weight``,
 ``res3.0.shortcut.weight``), so detectron2 checkpoints load without renaming. The module never imports
@@ -187,10 +187,10 @@ def _norm_or_identity(norm, channels: int) -> nn.Module:
 
 
 class PreActBasicBlock(BlockBase):
-    """Pre-activation basic block: x + conv(relu(bn(conv(relu(bn(x)))))) (seed 10.2-10.6).
+    """Pre-activation basic block: x + conv(relu(bn(conv(relu(bn(x)))))) (He et al., ECCV 2016, Fig. 4(e)).
 
     The identity path carries no norm and no ReLU. When the shape changes, the projection shortcut
-    (a bare 1x1 conv) is applied to the pre-activated input, as in the seed's reference code.
+    (a bare 1x1 conv) is applied to the pre-activated input, as in the authors' reference code (KaimingHe/resnet-1k-layers).
     """
 
     def __init__(self, in_channels: int, out_channels: int, *, stride: int = 1, norm="BN"):
@@ -550,8 +550,8 @@ def build_res5_head(
     width_per_group: int = 64,
     stride_in_1x1: bool = False,
 ) -> nn.Sequential:
-    """The res5 stage alone, as the per-RoI head of the C4 detector (the seed's section 7.3; He et al.
-    2016, appendix A: conv1-conv4 shared, RoI pooling on conv4, all of conv5 per RoI, first block at
+    """The res5 stage alone, as the per-RoI head of the C4 detector (He et al.
+    2016, section 4.3 and appendix A: conv1-conv4 shared, RoI pooling on conv4, all of conv5 per RoI, first block at
     stride 2). detectron2 builds it in ``Res5ROIHeads._build_res5_block``.
 
     The blocks are those :func:`build_resnet` makes for res5 with the same arguments (the same code and

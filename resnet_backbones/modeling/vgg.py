@@ -1,4 +1,5 @@
-"""VGG-16 as a detection body: the seed's baseline (section 7.3, Faster R-CNN with VGG-16 vs ResNet-101).
+"""VGG-16 as a detection body: the baseline of He et al. 2016, Table 8 (Faster R-CNN
+with VGG-16 against ResNet-101 on COCO).
 
 Simonyan & Zisserman, "Very Deep Convolutional Networks for Large-Scale Image Recognition" (ICLR 2015),
 configuration D: five blocks of 3x3 convs (2, 2, 3, 3, 3 of 64, 128, 256, 512, 512 channels), each conv

@@ -23,7 +23,7 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Conventions:
-    """Input conventions implied by a weight source (design.md, "Weight sources").
+    """Input conventions implied by a weight source (README "Weight formats and conventions").
 
     stride_in_1x1: where bottleneck blocks put their stride (None: the source does not say).
     input_format: "RGB" or "BGR" channel order of the 0-255 input.
