@@ -26,7 +26,7 @@ def test_the_tool_prints_and_records_the_cpu(tmp_path):
     proc = subprocess.run(
         [sys.executable, os.path.join(ROOT, "tools", "benchmark.py"), "--depths", "18", "--modes", "inference", "train",
          "--variants", "ours", "--size", "64", "96", "--repeats", "1", "--warmup", "0", "--device", "cpu",
-         "--json", str(out)], capture_output=True, text=True, timeout=300)
+         "--json", str(out), "--record", str(tmp_path / "results.md")], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "CPU: " in proc.stdout and "ISA: " in proc.stdout
     record = json.loads(out.read_text())
@@ -37,6 +37,14 @@ def test_the_tool_prints_and_records_the_cpu(tmp_path):
         assert "error" not in r, r
         assert r["median_s"] > 0 and r["gflop"] > 0 and len(r["times"]) == 1
     assert rows[("train", "ours")]["saved_mb"] > 0
+    # --record: the run's own output under a heading naming date, commit, CPU kind and command.
+    from resnet_backbones.benchmark import cpu_kind
+
+    results = (tmp_path / "results.md").read_text()
+    heading = [line for line in results.splitlines() if line.startswith("## ") and "· commit " in line]
+    assert len(heading) == 1 and f"· {cpu_kind(cpu_info())}" in heading[0] and "UTC" in heading[0]
+    rows_printed = [line for line in proc.stdout.splitlines() if line.startswith("| inference") or line.startswith("| train")]
+    assert "--depths 18" in results and len(rows_printed) == 2 and all(r in results for r in rows_printed)
 
 
 def test_profile_attributes_the_step_to_the_detector_parts():

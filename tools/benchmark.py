@@ -6,6 +6,12 @@
     python tools/benchmark.py --modes train --variants d2 ours ours-opt-amp --repeats 10
     python tools/benchmark.py --depths 18 --size 128 160 --batch 8 --modes detector detector-eval \
         --detector-config quick_schedules/faster_rcnn_R18_synthetic.yaml --profile   # where a step's time goes
+    python tools/benchmark.py --record ...     # and append the run to tools/benchmark_results.md
+
+``--record`` appends what the run printed to ``tools/benchmark_results.md`` (beside this tool) under a
+heading with the date, the commit (``-dirty`` when the package, tools or configs have uncommitted changes), the CPU kind
+and the command: that file is this tool's output, never edited by hand, and the README's performance
+figures come from it.
 
 Like for like: every backbone row is ResNet-FPN with FrozenBN everywhere, stem and res2 frozen (FREEZE_AT
 2), the same stride position (the 3x3 conv, torchvision's convention; ``--stride-in-1x1`` for MSRA's,
@@ -45,8 +51,13 @@ median time over the variant's (>1 = faster): detectron2's FP32 backbone when im
 torchvision's; for the detector mode the detectron2 engine's FP32 step (else the torchvision engine's).
 """
 import argparse
+import contextlib
+import datetime
+import io
 import json
 import os
+import shlex
+import subprocess
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -57,7 +68,59 @@ os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")
 import torch  # noqa: E402
 
 from resnet_backbones.benchmark import (DETECTOR_VARIANTS, EVAL_VARIANTS, MODES, VARIANTS, cpu_info,  # noqa: E402
-                                        describe, describe_cpu, half_dtype, matmul_peak, run_isolated)
+                                        cpu_kind, describe, describe_cpu, half_dtype, matmul_peak, run_isolated)
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "benchmark_results.md")
+_RESULTS_HEAD = ("# Benchmark results\n\nWritten by `tools/benchmark.py --record`, one section per run, newest "
+                 "last; not edited by hand. Each section names its date, commit, CPU kind and command.\n")
+
+
+class _Tee(io.TextIOBase):
+    """stdout, also kept in a buffer for ``--record``."""
+
+    def __init__(self, stream):
+        self.stream, self.buffer = stream, io.StringIO()
+
+    def write(self, text):
+        self.buffer.write(text)
+        return self.stream.write(text)
+
+    def flush(self):
+        self.stream.flush()
+
+
+def _commit() -> str:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        # Only code counts: a change to the README or the tests does not change what is measured.
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "resnet_backbones",
+                                "tools", "configs", "pyproject.toml", ":!tools/benchmark_results.md"], cwd=root,
+                               capture_output=True, text=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return sha + ("-dirty" if dirty.strip() else "")
+
+
+def record(output: str, argv, device: torch.device, kind: str, path: str = RESULTS) -> None:
+    """Append one run's output to ``path`` under a heading: date (UTC), commit, CPU kind, command."""
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    machine = torch.cuda.get_device_name(device) if device.type == "cuda" else kind
+    command = "python tools/benchmark.py " + " ".join(shlex.quote(a) for a in argv)
+    head = "" if os.path.exists(path) else _RESULTS_HEAD
+    lines, body = output.rstrip().splitlines(), []
+    preamble = True
+    for line in lines:  # the run's own headings one level down; its header lines as a list
+        if line.startswith("#"):
+            preamble = False
+            line = "#" + line
+        elif preamble and line.strip():
+            line = "- " + line
+        body.append(line)
+    with open(path, "a") as f:
+        f.write(f"{head}\n## {when} · commit {_commit()} · {machine}\n\n`{command}`\n\n" + "\n".join(body) + "\n")
+    print(f"recorded in {path}")
 
 
 def _d2_available() -> bool:
@@ -106,8 +169,21 @@ def main(argv=None) -> int:
     p.add_argument("--profile", action="store_true",
                    help="detector modes: also profile each row (torch.profiler; per module and per op, after the table)")
     p.add_argument("--json", help="also write every measurement to this file")
+    p.add_argument("--record", nargs="?", const=RESULTS, metavar="FILE",
+                   help="append this run's output, under a heading with date, commit, CPU kind and command, to "
+                        "FILE (default: tools/benchmark_results.md)")
     args = p.parse_args(argv)
+    if not args.record:
+        return _run(args)
+    tee = _Tee(sys.stdout)
+    with contextlib.redirect_stdout(tee):
+        status = _run(args)
+    device = torch.device(args.device)
+    record(tee.buffer.getvalue(), sys.argv[1:] if argv is None else argv, device, cpu_kind(cpu_info()), args.record)
+    return status
 
+
+def _run(args) -> int:
     from resnet_backbones.solver import cpu_supports_bf16
 
     device = torch.device(args.device)

@@ -8,7 +8,7 @@ hundreds of times slower than FP32) and about half the FP32 throughput of an AVX
 import os
 from typing import Any, Dict
 
-__all__ = ["cpu_info", "describe_cpu"]
+__all__ = ["cpu_info", "cpu_kind", "describe_cpu"]
 
 # /proc/cpuinfo flags worth naming, in the order the header prints them.
 _FLAGS = (("avx2", "AVX2"), ("avx512f", "AVX-512"), ("avx512_bf16", "AVX-512 BF16"), ("amx_bf16", "AMX-BF16"),
@@ -50,3 +50,13 @@ def describe_cpu(info: Dict[str, Any]) -> str:
         if info["emulated_avx2"]:
             text += " (AVX2 code paths on this CPU: figures are EMULATED AVX2, not an AVX2-only machine)"
     return text
+
+
+def cpu_kind(info: Dict[str, Any]) -> str:
+    """The CPU kind a figure belongs to, in the words the README's tables use: "AVX-512 + native bf16",
+    "AVX-512, no native bf16", "AVX2-only", or "emulated AVX2 (an AVX-512 CPU on its AVX2 code paths)"."""
+    if info["emulated_avx2"]:
+        return "emulated AVX2 (an AVX-512 CPU on its AVX2 code paths)"
+    if "AVX-512" in info["isa"]:
+        return "AVX-512 + native bf16" if info["native_bf16"] else "AVX-512, no native bf16"
+    return "AVX2-only" if "AVX2" in info["isa"] else "no AVX2"
