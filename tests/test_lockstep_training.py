@@ -28,10 +28,13 @@ by position. In float64 a flip needs a 1e-15 coincidence. detectron2 keeps some 
 whatever the model's dtype (boxes, anchors and proposal decoding; the NMS, with its scores cast here
 as the torchvision engine does), and the torchvision engine matches it there.
 
-Checked: at every iteration the LR and the sample counts, every loss within ``LOSS_RTOL`` relative; at
-the end every parameter,
-every BN running statistic and every momentum buffer within ``STATE_RTOL`` of its tensor's largest
-element (measured: 4e-12 or better). Small bodies and images keep it CI-sized (about 3.3 minutes on
+Checked: at every iteration the LR and the sample counts, every loss within ``LOSS_RTOL`` relative (both
+engines report float64 losses of a float64 model; the two that detectron2 computes in float32 within
+``FLOAT32_LOSSES``); at the end every parameter, every BN running statistic
+and every momentum buffer within ``STATE_RTOL`` of its tensor's largest element. Both tolerances sit a few
+hundred times above what float64 gives here (state: 4e-12 or better), so a systematic 1e-5 difference (a
+weight-decay or LR detail) fails. Gradient clipping must have cut some gradient on the torchvision side,
+or its equality with detectron2's would prove nothing. Small bodies and images keep it CI-sized (about 3.3 minutes on
 this project's 2-core AVX-512 machine, most of it per-iteration overhead rather than convolutions).
 """
 import copy
@@ -51,13 +54,21 @@ import resnet_backbones  # noqa: E402,F401  (registers the builders)
 from resnet_backbones.config import load_config  # noqa: E402
 from resnet_backbones.d2.train import Trainer as D2Trainer  # noqa: E402
 from resnet_backbones.d2.train import register_datasets  # noqa: E402
+from resnet_backbones.tv import train as tv_train  # noqa: E402
 from resnet_backbones.tv.train import Trainer as TvTrainer  # noqa: E402
 from resnet_backbones.tv.train import iteration_seed  # noqa: E402
 from resnet_backbones.weights.detector import to_torchvision  # noqa: E402
 
 ITERS = 50
-LOSS_RTOL = 1e-4
-STATE_RTOL = 1e-4
+LOSS_RTOL = 1e-9
+STATE_RTOL = 1e-9
+# detectron2 computes two losses in float32 whatever the model's dtype: the RPN's objectness loss and the
+# mask loss cast their targets to float32, and binary_cross_entropy_with_logits then runs in the target's
+# dtype (its in-place arithmetic keeps it); the torchvision engine does the same, as detectron2. Their values
+# carry float32 rounding of inputs that agree to ~1e-12 and of sums taken in different orders (measured:
+# up to 1.9e-7 relative, a few float32 ulps); their gradients are elementwise, so the state stays within
+# STATE_RTOL. 2e-6 still fails a systematic 1e-5 difference.
+FLOAT32_LOSSES = {"loss_rpn_cls": 2e-6, "loss_mask": 2e-6}
 # A quick schedule's solver squeezed into ITERS iterations: warm-up over 10, the LR step at 35.
 SOLVER = ["SOLVER.AMP.ENABLED", "False", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", str(ITERS),
           "SOLVER.WARMUP_ITERS", "10", "SOLVER.STEPS", "(35,)", "SOLVER.CHECKPOINT_PERIOD", "100000",
@@ -203,6 +214,16 @@ def test_engines_train_in_lockstep(layout, tmp_path, monkeypatch):
     assert len(recording.batches) == ITERS and len(lockstep.losses) == ITERS
 
     tv.model.train()
+    # Record what clipping did: the largest gradient norm it saw (detectron2's CLIP_TYPE norm clips each
+    # parameter's gradient to CLIP_VALUE), so that "clipping on" is shown to change gradients.
+    clipped = []
+
+    def clip_and_record(clip_cfg, params):
+        clipped.append(max(p.grad.norm().item() for p in params) / clip_cfg.CLIP_VALUE)
+        return real_clip(clip_cfg, params)
+
+    real_clip = tv_train.clip_gradients_
+    monkeypatch.setattr(tv_train, "clip_gradients_", clip_and_record)
     rpn_sampler = tv.model.rpn.fg_bg_sampler = _CountingSampler(tv.model.rpn.fg_bg_sampler)
     roi_sampler = tv.model.roi_heads.fg_bg_sampler = _CountingSampler(tv.model.roi_heads.fg_bg_sampler)
     worst_loss = (0.0, "")
@@ -221,9 +242,12 @@ def test_engines_train_in_lockstep(layout, tmp_path, monkeypatch):
         assert set(ref) == set(values) - {"total_loss"}, (it, sorted(ref), sorted(values))
         for k, a in ref.items():
             err = abs(values[k] - a) / max(abs(a), 1e-6)
-            worst_loss = max(worst_loss, (err, f"{k}@{it}"))
-            assert err <= LOSS_RTOL, f"iteration {it} {k}: detectron2 {a:.7g}, torchvision engine {values[k]:.7g}"
+            if k not in FLOAT32_LOSSES:
+                worst_loss = max(worst_loss, (err, f"{k}@{it}"))
+            assert err <= FLOAT32_LOSSES.get(k, LOSS_RTOL), \
+                f"iteration {it} {k}: detectron2 {a:.12g}, torchvision engine {values[k]:.12g} ({err:.3g} relative)"
 
+    assert cfg.SOLVER.CLIP_GRADIENTS.ENABLED and len(clipped) == ITERS and max(clipped) > 1.0, clipped
     # The schedule went through warm-up and the step; then the parameters with the BN statistics, and the
     # momentum buffers.
     assert lockstep.lrs[0] < lockstep.lrs[20] and lockstep.lrs[-1] < lockstep.lrs[20], lockstep.lrs

@@ -221,7 +221,8 @@ class Trainer:
         except FloatingPointError as e:  # the RPN's check on non-finite boxes/scores, as detectron2's
             raise self.guard.non_finite(iteration, f"(in the forward pass: {e})") from e
         losses = sum(loss_dict.values())
-        values = {k: v.detach().float() for k, v in loss_dict.items()}
+        # float64 for the record: exact for float32/bf16 losses, and a float64 model's keep their precision.
+        values = {k: v.detach().double() for k, v in loss_dict.items()}
         if get_world_size() > 1:  # every rank sees the same numbers, so all stop together on NaN
             stacked = torch.stack(list(values.values()))
             torch.distributed.all_reduce(stacked)
