@@ -15,7 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(ROOT, "resnet_backbones")
 CORE = ("modeling", "weights")
 # Layers above the core; the core may import the leaf module resnet_backbones.errors and itself.
-ABOVE = ("config", "d2", "tv", "data", "tools", "builders", "solver", "guard", "train_net", "model_zoo")
+ABOVE = ("config", "d2", "tv", "data", "tools", "builders", "solver", "guard", "train_net", "model_zoo", "benchmark")
 
 
 def _module_name(path: str) -> str:
@@ -70,6 +70,14 @@ def test_core_imports_nothing_above_it(layer):
             if mod == "resnet_backbones":
                 bad.append(f"{os.path.relpath(path, ROOT)}:{line} imports the package root (it imports config and d2)")
     assert not bad, "\n".join(bad)
+
+
+def test_every_module_is_in_a_layer():
+    """A new module or subpackage of resnet_backbones must be named above (in the core or above it), so that
+    the core's import check covers it: ``benchmark`` was once missing from the list."""
+    names = {os.path.splitext(n)[0] for n in os.listdir(PACKAGE)
+             if (n.endswith(".py") and n != "__init__.py") or os.path.isfile(os.path.join(PACKAGE, n, "__init__.py"))}
+    assert names - set(CORE) - set(ABOVE) - {"errors"} == set()
 
 
 def test_errors_module_is_a_leaf():
