@@ -22,7 +22,7 @@ from resnet_backbones.d2.checkpoint import ResnetBackbonesCheckpointer  # noqa: 
 
 from test_configs import LEAF_CONFIGS  # noqa: E402
 from test_optimize import trained_looking_statistics_  # noqa: E402
-from test_weights import affine_only_body, caffe2_blobs, random_torchvision  # noqa: E402
+from test_weights import affine_only_body, caffe2_blobs, msra_blobs, random_torchvision  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -173,6 +173,51 @@ def test_fpn_outputs_equal_detectron2_builtin(body, stride_in_1x1):
     deltas = {k: (a[k] - b[k]).abs().max().item() for k in a}
     print(f"{body} STRIDE_IN_1X1={stride_in_1x1} max|delta| per level:", {k: f"{v:.2e}" for k, v in deltas.items()})
     assert max(deltas.values()) <= 1e-4
+
+
+@pytest.mark.parametrize("depth", [50, 101])
+@pytest.mark.parametrize("layout", ["C4", "DC5"])
+def test_c4_and_dc5_bodies_equal_detectron2s_own_from_one_msra_file(layout, depth, tmp_path):
+    """Our bodies against detectron2's own code, each side reading one MSRA ``.pkl`` through its own loader:
+    for C4, detectron2's ``build_resnet_backbone`` (conv1-res4) and the res5 head its ``Res5ROIHeads``
+    builds with ``ResNet.make_stage``; for DC5, ``build_resnet_backbone`` with ``RES5_DILATION 2``.
+    (The engine-equivalence test gives both engines our body; this is where the body meets detectron2's.)
+    The file is written from the architecture alone (``msra_blobs``), not from this package's name table."""
+    pkl = tmp_path / f"R-{depth}.pkl"
+    pkl.write_bytes(pickle.dumps(msra_blobs(depth, seed=depth), protocol=2))
+    name = f"faster_rcnn_R{depth}_{layout}{'_3x' if depth == 101 else ''}.yaml"
+    cfg = load_config(name, ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", str(pkl)], use_detectron2=True)
+    assert cfg.MODEL.RESNETS.STRIDE_IN_1X1 and (cfg.MODEL.RESNETS.RES5_DILATION == 2) == (layout == "DC5")
+    ours = build_model(cfg).eval()
+    ResnetBackbonesCheckpointer(ours, cfg=cfg).load(str(pkl))
+    theirs_cfg = cfg.clone()
+    theirs_cfg.defrost()
+    theirs_cfg.MODEL.BACKBONE.NAME = "build_resnet_backbone"  # detectron2's own body
+    theirs = build_model(theirs_cfg).eval()
+    assert type(theirs.backbone).__module__ == "detectron2.modeling.backbone.resnet"
+    DetectionCheckpointer(theirs).load(str(pkl))  # detectron2's own caffe2 name matching
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 160, 224) * 50
+    with torch.no_grad():
+        a, b = theirs.backbone(x), ours.backbone(x)
+    assert list(a) == list(b) == ["res4" if layout == "C4" else "res5"]
+    for k in a:
+        assert a[k].shape == b[k].shape and a[k].abs().max() > 0.1, (k, a[k].shape, b[k].shape)
+        assert torch.equal(a[k], b[k]), (k, (a[k] - b[k]).abs().max().item())
+    if layout == "C4":
+        # The per-RoI res5 head: on the detectron2 engine it is detectron2's own (Res5ROIHeads); ours is the
+        # torchvision engine's (modeling.build_res5_head), loaded by our loader from the same file.
+        from resnet_backbones.tv.model import build_model as tv_build_model
+        from resnet_backbones.weights.resolve import load_model_weights
+
+        assert type(theirs.roi_heads.res5[0]).__module__ == "detectron2.modeling.backbone.resnet"
+        tv_cfg = load_config(name, ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", str(pkl)], use_detectron2=False)
+        tv = tv_build_model(tv_cfg).eval()
+        assert load_model_weights(tv, tv_cfg) == "backbone"
+        pooled = torch.randn(4, 1024, 14, 14)
+        with torch.no_grad():
+            ha, hb = theirs.roi_heads.res5(pooled), tv.roi_heads.res5(pooled)
+        assert ha.shape == hb.shape == (4, 2048, 7, 7) and torch.equal(ha, hb), (ha - hb).abs().max().item()
 
 
 def test_full_rcnn_gives_the_same_detections():

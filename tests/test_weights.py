@@ -121,6 +121,47 @@ def caffe2_blobs(body: nn.Module) -> dict:
     return blobs
 
 
+MSRA_BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
+
+
+def msra_blobs(depth: int, seed: int) -> dict:
+    """An MSRA caffe2 ImageNet ResNet (``R-50.pkl``'s blob names and shapes) written from the architecture
+    alone (He et al. 2016, Table 1: bottleneck widths 64/128/256/512, 4x expansion; MSRA's naming,
+    ``res<stage>_<block>_branch2{a,b,c}`` and ``branch1``, AffineChannel ``_bn_s``/``_bn_b``), not from any
+    module or name table of this package. Random values: convolutions He-initialised, scales in 0.5-1.5,
+    biases in -0.1-0.1, so that deep stacks keep activations of order 1."""
+    rng = np.random.default_rng(seed)
+    blobs = {}
+
+    def conv(name, c_out, c_in, k):
+        blobs[f"{name}_w"] = (rng.standard_normal((c_out, c_in, k, k)) * np.sqrt(1.0 / (c_in * k * k))).astype(np.float32)
+
+    def affine(name, c):
+        blobs[f"{name}_s"] = rng.uniform(0.5, 1.5, c).astype(np.float32)
+        blobs[f"{name}_b"] = rng.uniform(-0.1, 0.1, c).astype(np.float32)
+
+    conv("conv1", 64, 3, 7)
+    affine("res_conv1_bn", 64)
+    c_in = 64
+    for stage, (blocks, width) in enumerate(zip(MSRA_BLOCKS[depth], (64, 128, 256, 512)), start=2):
+        c_out = 4 * width
+        for b in range(blocks):
+            prefix = f"res{stage}_{b}"
+            if b == 0:
+                conv(f"{prefix}_branch1", c_out, c_in, 1)
+                affine(f"{prefix}_branch1_bn", c_out)
+            conv(f"{prefix}_branch2a", width, c_in if b == 0 else c_out, 1)
+            affine(f"{prefix}_branch2a_bn", width)
+            conv(f"{prefix}_branch2b", width, width, 3)
+            affine(f"{prefix}_branch2b_bn", width)
+            conv(f"{prefix}_branch2c", c_out, width, 1)
+            affine(f"{prefix}_branch2c_bn", c_out)
+        c_in = c_out
+    blobs["fc1000_w"] = (rng.standard_normal((1000, 2048)) * 0.01).astype(np.float32)
+    blobs["fc1000_b"] = np.zeros(1000, np.float32)
+    return blobs
+
+
 def affine_only_body(seed: int, **kwargs) -> nn.Module:
     torch.manual_seed(seed)
     body = build_resnet(**kwargs).eval()
