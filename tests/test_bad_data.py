@@ -1,4 +1,4 @@
-"""Bad data (issue 20) on the torchvision engine: a small COCO layout damaged in each test; the
+"""Bad data on the torchvision engine: a small COCO layout damaged in each test; the
 dataset checks at load time, unreadable images (error or skip), errors from loader workers, the
 health line after a crash or a signal, SIGTERM's exit status, and --resume after a crash.
 The detectron2 engine's half is tests/test_bad_data_detectron2.py."""

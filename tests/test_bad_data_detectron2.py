@@ -1,4 +1,4 @@
-"""Bad data (issue 20) on the detectron2 engine: the same damages as tests/test_bad_data.py."""
+"""Bad data on the detectron2 engine: the same damages as tests/test_bad_data.py."""
 import logging
 import os
 import re

@@ -1,4 +1,4 @@
-"""Each speed option matches the plain path (tolerances from the performance issue)."""
+"""Each speed option matches the plain path (each tolerance stated where it is checked)."""
 import copy
 
 import pytest
@@ -84,7 +84,7 @@ def _train_step(model, x):
 
 @pytest.mark.parametrize("freeze_at", [0, 2])
 def test_frozen_bn_folded_in_training_gives_the_same_outputs_and_gradients(freeze_at):
-    """Training folds FrozenBN into the convs (conv(x, W * s, t)); the issue's bar: gradients within 1e-4.
+    """Training folds FrozenBN into the convs (conv(x, W * s, t)); the bar: gradients within 1e-4.
 
     Both FP32 gradients are measured against the exact one (the unfolded model in float64). On the
     AVX2-only EPYC with two threads both are within 1e-6 of it; with one thread (each pytest-xdist
