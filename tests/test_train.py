@@ -11,6 +11,9 @@ from resnet_backbones.tv.train import Trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK = "quick_schedules/faster_rcnn_R18_synthetic.yaml"
+# The main job's bbox AP50 after its full schedule must reach its seed spread's mean - 3 sd on either engine
+# (torchvision 58.2 +- 2.0, detectron2 57.5 +- 0.7 over three seeds each; configs/quick_schedules/README.md).
+MAIN_JOB_AP50_BOUND = 52.0
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -116,11 +119,11 @@ def test_ci_sized_training_learns_and_eval_only_and_demo_agree(tmp_path):
     assert "Evaluation results for bbox" in r.stdout
     final = [json.loads(x) for x in open(out / "metrics.json")][-1]
     print("CI-sized run:", {k: round(v, 2) for k, v in final.items() if k.startswith("bbox/AP")})
-    # Measured with one thread (a pytest-xdist worker): 62.7 in FP32 on the AVX2-only CPU (test size 96),
-    # 59.9 in bf16 on the AVX-512 one (at 96 and at 88; configs/quick_schedules/README.md). Thread counts,
-    # precision and CPUs move it, so the bound is well below the README's target of 55 (and above the 25
-    # of the schedule it replaced); untrained: below 1.
-    assert final["bbox/AP50"] >= 40.0
+    # The bound is the recipe's seed spread on this engine, mean - 3 sd: 58.2 +- 2.0 over three seeds
+    # (configs/quick_schedules/README.md, bf16, test size 88). Measured here with one thread (a pytest-xdist
+    # worker): 59.9 in bf16 on the AVX-512 CPU; 62.7 in FP32 on the AVX2-only one at test size 96, which
+    # scored no higher than 88 on any of nine models. Untrained: below 1.
+    assert final["bbox/AP50"] >= MAIN_JOB_AP50_BOUND
 
     again = run_tool("tools/train_net.py", "--config", QUICK, "--engine", "torchvision", "--eval-only",
                      "OUTPUT_DIR", str(tmp_path / "eval"),
@@ -153,4 +156,6 @@ def test_ci_sized_training_on_a_coco_format_variant_with_80_coco_ids_learns(tmp_
     assert "Training health: healthy" in r.stdout + r.stderr
     final = [json.loads(x) for x in open(out / "metrics.json")][-1]
     print("CI-sized run on the 80-id variant:", {k: round(v, 2) for k, v in final.items() if k.startswith("bbox/AP")})
-    assert final["bbox/AP50"] >= 25.0  # one thread: 55.6 FP32 AVX2-only, 56.8 bf16 AVX-512 (configs/quick_schedules/README.md); untrained: < 1
+    # One thread: 55.6 FP32 AVX2-only (test size 96), 56.8 bf16 AVX-512; no seed spread was measured on this
+    # dataset, so the main job's sd (2.0) stands in: about mean - 3 sd. Untrained: < 1.
+    assert final["bbox/AP50"] >= 50.0
