@@ -212,7 +212,7 @@ def test_preprocessing_matches(fpn_engines, dataset):
         resized, _ = tv.transform.resize(image)
         assert resized.shape == inp["image"].shape, kind
         diff = (resized.int() - inp["image"].int()).abs().max().item()
-        assert diff <= 1, f"{kind}: resized pixels differ by {diff} grey levels"
+        assert diff == 0, f"{kind}: resized pixels differ by up to {diff} grey levels from detectron2's PIL resize"
         # The normalised, padded batch the backbone sees.
         batch = tv.transform([resized])[0]
         d2_batch = d2.preprocess_image([inp])
@@ -300,18 +300,33 @@ def test_stages_match(engines, dataset, index):
 
 
 def test_full_inference_matches(engines, dataset):
-    """End to end from the image files: the only difference allowed in is the 1-grey-level resize."""
+    """End to end from the image files, each engine on its own: the torchvision engine's own image loading
+    and transform (its resize is PIL's, as detectron2's) against detectron2's DatasetMapper, then the whole
+    model in eval mode. The same detections, matched by content: as many, boxes within 1e-3 px, scores
+    within 1e-5, the same classes, pasted masks IoU >= 0.99."""
     cfg, d2, tv, _ = engines
     ours = COCOInstances(dataset, input_format=cfg.INPUT.FORMAT)
     inputs = _d2_inputs(cfg, dataset)
     with torch.no_grad():
         d2_out = d2(inputs)
         tv_out = tv([ours[i][0] for i in range(len(IMAGES))])
-    for a, b in zip(d2_out, tv_out):
+    for kind, a, b in zip(IMAGES, d2_out, tv_out):
         a = a["instances"]
-        assert abs(len(a) - len(b["boxes"])) <= max(2, len(a) // 10)
-        k = min(len(a), len(b["boxes"]), 10)
-        assert (a.pred_boxes.tensor[:k] - b["boxes"][:k]).abs().max() <= 1.0
+        assert len(a) >= 20 and len(b["boxes"]) == len(a), (kind, len(a), len(b["boxes"]))
+        if len(a) == cfg.TEST.DETECTIONS_PER_IMAGE:  # ties at the 100th score are cut arbitrarily (above)
+            cut = a.scores[-1].item() + 1e-6
+            a = a[a.scores > cut]
+            b = {k: v[b["scores"] > cut] for k, v in b.items()}
+            assert len(a) >= 20 and len(b["boxes"]) == len(a), kind
+        b = {k: v[_pair_detections(b, a)] for k, v in b.items()}
+        assert (b["boxes"] - a.pred_boxes.tensor).abs().max() <= 1e-3, kind
+        assert (b["scores"] - a.scores).abs().max() <= 1e-5, kind
+        assert torch.equal(b["labels"] - 1, a.pred_classes), kind
+        if cfg.MODEL.MASK_ON:
+            m, n = b["masks"][:, 0], a.pred_masks
+            union = (m | n).flatten(1).sum(1).float()
+            iou = torch.where(union > 0, (m & n).flatten(1).sum(1).float() / union.clamp(min=1), torch.ones_like(union))
+            assert iou.min() >= 0.99, (kind, iou.min().item())
 
 
 def test_evaluators_give_the_same_numbers(fpn_engines, dataset):

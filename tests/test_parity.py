@@ -76,3 +76,23 @@ def test_anchor_offset_and_several_sizes_per_level():
     anchors = gen.grid_anchors([torch.zeros(1, 1, 2, 3)])[0]
     assert anchors.shape == (2 * 3 * 4, 4)
     assert torch.allclose(anchors[4 + 1], torch.tensor([12.0 - 8, 4.0 - 8, 12.0 + 8, 4.0 + 8]))  # x=1, y=0
+
+
+def test_resize_is_detectron2s_pil_bilinear_and_commutes_with_the_flip():
+    """detectron2's ResizeTransform.apply_image on uint8: ``Image.fromarray(img).resize((w, h),
+    Image.BILINEAR)`` (ResizeShortestEdge's default interp), a grey image as mode "L". The engine flips
+    before resizing where detectron2 flips after: PIL's filter is symmetric, so both give the same pixels."""
+    from resnet_backbones.tv.parity import resize_like_detectron2
+
+    rng = np.random.default_rng(0)
+    for h, w, nh, nw in [(97, 131, 128, 173), (480, 640, 800, 1067), (2000, 1500, 1333, 1000), (123, 157, 64, 82)]:
+        hwc = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        image = torch.from_numpy(hwc).permute(2, 0, 1)
+        expected = np.asarray(Image.fromarray(hwc).resize((nw, nh), Image.BILINEAR))
+        out = resize_like_detectron2(image, (nh, nw))
+        assert out.dtype == torch.uint8 and np.array_equal(out.permute(1, 2, 0).numpy(), expected), (h, w)
+        assert torch.equal(resize_like_detectron2(image.flip(-1), (nh, nw)), out.flip(-1)), (h, w)
+        assert torch.equal(resize_like_detectron2(image.float(), (nh, nw)), out)  # 0-255 floats: the same
+    grey = rng.integers(0, 256, (1, 50, 70), dtype=np.uint8)
+    expected = np.asarray(Image.fromarray(grey[0], mode="L").resize((35, 25), Image.BILINEAR))
+    assert np.array_equal(resize_like_detectron2(torch.from_numpy(grey), (25, 35))[0].numpy(), expected)

@@ -211,8 +211,8 @@ class Trainer:
     def run_step(self, iteration: int, images, targets) -> Dict[str, float]:
         # Every random draw of this iteration (resize scale, RPN/ROI sampling) from (seed, iteration, rank).
         torch.manual_seed(iteration_seed(self.seed, iteration, get_rank()))
-        # Images stay on the CPU: the model's transform resizes them there (detectron2's uint8 PIL-like
-        # resize) and moves them to the device.
+        # Images stay on the CPU: the model's transform resizes them there (with PIL, as detectron2's data
+        # loader does) and moves them to the device.
         targets = [{k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in t.items()}
                    for t in targets]  # polygons stay on the CPU, as detectron2's PolygonMasks
         try:

@@ -28,16 +28,23 @@ def resized_shape_like_detectron2(h: int, w: int, short: int, max_size: int) -> 
 
 
 def resize_like_detectron2(image: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
-    """Resize a (C, H, W) 0-255 image as detectron2's ``ResizeTransform`` does for uint8 images: PIL's
-    bilinear filter (antialiased when shrinking) on uint8 values. torch's uint8 antialiased bilinear
-    kernel reproduces PIL's (within 1 grey level); where it is not available (CUDA) the float kernel
-    with antialiasing is rounded back to 0-255. Returns uint8."""
+    """Resize a (C, H, W) 0-255 image as detectron2's ``ResizeTransform.apply_image`` does for uint8
+    images: PIL's bilinear filter (antialiased when shrinking) on the uint8 values, so on the CPU (where
+    the engine's loaders keep images until this resize, as detectron2's data loader does) the pixels are
+    detectron2's, bit for bit. PIL's filter is symmetric, so it commutes with a horizontal flip (the engine
+    flips before resizing, detectron2 after). A CUDA tensor gets torch's float antialiased kernel rounded to
+    0-255 instead (within 1 grey level of PIL). Returns uint8."""
     if tuple(image.shape[-2:]) == tuple(size):
         return image if image.dtype == torch.uint8 else image.round().clamp(0, 255).to(torch.uint8)
     if image.dtype != torch.uint8:
         image = image.round().clamp(0, 255).to(torch.uint8)
     if image.device.type == "cpu":
-        return F.interpolate(image[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
+        h, w = size
+        hwc = np.ascontiguousarray(image.permute(1, 2, 0).numpy())
+        pil = Image.fromarray(hwc[:, :, 0], mode="L") if hwc.shape[2] == 1 else Image.fromarray(hwc)
+        out = np.array(pil.resize((w, h), Image.BILINEAR))  # as ResizeShortestEdge's default interp
+        out = out[:, :, None] if out.ndim == 2 else out
+        return torch.from_numpy(np.ascontiguousarray(out)).permute(2, 0, 1).contiguous()
     out = F.interpolate(image[None].float(), size=size, mode="bilinear", align_corners=False, antialias=True)[0]
     return out.round().clamp(0, 255).to(torch.uint8)
 
