@@ -224,6 +224,30 @@ def test_bodies_equal_detectron2s_own_from_one_msra_file(layout, depth, tmp_path
         assert ha.shape == hb.shape == (4, 2048, 7, 7) and torch.equal(ha, hb), (ha - hb).abs().max().item()
 
 
+@pytest.mark.parametrize("norm", ["BN", "GN"])
+def test_trainable_norm_bodies_train_like_detectron2s(norm):
+    """Trainable norms (the quick schedules' BN, GN) in training mode: the same outputs as detectron2's
+    ``build_resnet_fpn_backbone`` and, for BN, the same running statistics after two forward passes
+    (detectron2's "BN" is nn.BatchNorm2d with its default momentum and eps); the FrozenBN tests above
+    cannot see either."""
+    cfg = d2_cfg(50, False, builtin=True, extra=["MODEL.RESNETS.NORM", norm, "MODEL.FPN.NORM", norm,
+                                                 "MODEL.BACKBONE.FREEZE_AT", "0"])
+    torch.manual_seed(0)
+    builtin = build_resnet_fpn_backbone(cfg, ShapeSpec(channels=3)).train()
+    ours = BACKBONE_REGISTRY.get("build_resnet_backbones_fpn_backbone")(cfg, ShapeSpec(channels=3)).train()
+    ours.load_state_dict(builtin.state_dict())
+    for step in range(2):
+        x = torch.randn(2, 3, 128, 160, generator=torch.Generator().manual_seed(step)) * 50
+        a, b = builtin(x), ours(x)
+        for k in a:
+            assert ((a[k] - b[k]).abs().max() / a[k].abs().max()).item() <= 1e-4, (norm, step, k)
+    theirs, mine = builtin.state_dict(), ours.state_dict()
+    stats = [k for k in theirs if k.endswith(("running_mean", "running_var"))]
+    assert (len(stats) > 100) == (norm == "BN")
+    for k in stats:
+        assert torch.allclose(theirs[k], mine[k], rtol=1e-5, atol=1e-6), k
+
+
 def test_full_rcnn_gives_the_same_detections():
     torch.manual_seed(0)
     builtin = build_model(d2_cfg(50, True, builtin=True)).eval()
