@@ -2,7 +2,6 @@
 yaml key as tests/test_own_data.py (torchvision engine), registered in DatasetCatalog in every process of
 a ``--num-gpus 2`` launch; NUM_CLASSES checked against the json before detectron2 builds anything."""
 import os
-import subprocess
 import sys
 
 import pytest
@@ -11,20 +10,8 @@ pytest.importorskip("detectron2")
 pytest.importorskip("detectron2.modeling")
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from own_data import CLASS_NAMES, TINY, dataset_args, write_coco_folder  # noqa: E402
-from test_own_data import per_category_rows  # noqa: E402
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-QUICK = "quick_schedules/faster_rcnn_R18_synthetic.yaml"
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    return write_coco_folder(str(tmp_path_factory.mktemp("my_data")))
-
-
-def run(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=900)
+from own_data import CLASS_NAMES, TINY, dataset_args  # noqa: E402
+from test_own_data import QUICK, ROOT, folder, per_category_rows, run  # noqa: E402,F401  (folder: a fixture)
 
 
 def test_own_folder_trains_and_evaluates_on_detectron2_in_two_processes(folder, tmp_path):
