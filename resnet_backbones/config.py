@@ -244,8 +244,8 @@ def add_resnet_backbones_config(cfg) -> None:
         the config is loaded, so OUTPUT_DIR/config.yaml reruns from anywhere. Read in every process of a
         --num-gpus / torchrun launch, on both engines (:mod:`resnet_backbones.data.catalog`).
     VGG_DEPTH, VGG_OUT_FEATURES: the VGG body of MODEL.BACKBONE.NAME build_resnet_backbones_vgg_backbone
-        (the VGG-16 baseline of He et al. 2016, Table 8; configs/faster_rcnn_VGG16.yaml): 16 (or 19), and the blocks it emits,
-        conv1..conv5 (conv5: conv5_3 after its ReLU, stride 16, 512 channels).
+        (the VGG-16 baseline of He et al. 2016, Table 8; configs/faster_rcnn_VGG16.yaml): 16 (or 19), and
+        the blocks it emits, conv1..conv5 (conv5: conv5_3 after its ReLU, stride 16, 512 channels).
     """
     # The node of cfg's own class: yacs refuses to merge a yaml file's subtree into a node of another
     # CfgNode class (ours into detectron2's get_cfg()).

@@ -154,13 +154,13 @@ def check_num_classes(cfg, name: str, spec: DatasetSpec, num_categories: int) ->
                           "(in the yaml, or as KEY VALUE after the command)")
 
 
-def get_dataset(name: str, cfg=None, *, check_classes: bool = True) -> DatasetSpec:
+def get_dataset(name: str, cfg=None) -> DatasetSpec:
     """Resolve a name (``cfg``'s MODEL.RESNET_BACKBONES.DATASETS first, then the registered ones) to its
     files, generating the synthetic data on first use, and check them
     (:func:`resnet_backbones.data.validate.validate_coco`: every listed image exists, every
     annotation has a known category and image and a finite box; both engines come through here
     before their first iteration). With a ``cfg``, MODEL.ROI_HEADS.NUM_CLASSES must also equal the
-    json's category count (:func:`check_num_classes`) unless ``check_classes`` is False.
+    json's category count (:func:`check_num_classes`).
 
     Raises:
         DatasetError: unknown name, or files missing (never a silent switch to other data);
@@ -191,6 +191,6 @@ def get_dataset(name: str, cfg=None, *, check_classes: bool = True) -> DatasetSp
     from .validate import validate_coco  # imports this module
 
     report = validate_coco(spec.json_file, spec.image_root, name)
-    if cfg is not None and check_classes:
+    if cfg is not None:
         check_num_classes(cfg, name, spec, report.num_categories)
     return spec

@@ -190,7 +190,8 @@ class PreActBasicBlock(BlockBase):
     """Pre-activation basic block: x + conv(relu(bn(conv(relu(bn(x)))))) (He et al., ECCV 2016, Fig. 4(e)).
 
     The identity path carries no norm and no ReLU. When the shape changes, the projection shortcut
-    (a bare 1x1 conv) is applied to the pre-activated input, as in the authors' reference code (KaimingHe/resnet-1k-layers).
+    (a bare 1x1 conv) is applied to the pre-activated input, as in the authors' reference code
+    (KaimingHe/resnet-1k-layers).
     """
 
     def __init__(self, in_channels: int, out_channels: int, *, stride: int = 1, norm="BN"):
