@@ -43,7 +43,7 @@ def test_the_tool_prints_and_records_the_cpu(tmp_path):
     results = (tmp_path / "results.md").read_text()
     heading = [line for line in results.splitlines() if line.startswith("## ") and "· commit " in line]
     assert len(heading) == 1 and f"· {cpu_kind(cpu_info())}" in heading[0] and "UTC" in heading[0]
-    rows_printed = [line for line in proc.stdout.splitlines() if line.startswith("| inference") or line.startswith("| train")]
+    rows_printed = [line for line in proc.stdout.splitlines() if line.startswith(("| inference", "| train"))]
     assert "--depths 18" in results and len(rows_printed) == 2 and all(r in results for r in rows_printed)
 
 

@@ -99,10 +99,11 @@ def dataset(tmp_path_factory):
     return DatasetSpec("equiv_test", str(json_file), str(root))
 
 
-# The three detector layouts of detectron2's COCO models and the VGG-16 of He et al. 2016 (Table 8), each from its shipped
-# config. C4 runs the whole res5 stage per proposal (about 1.5 GFLOP each at R-50 width) and DC5 a res5 at stride 16: at full width
-# the two took 20 min here, so they run at a quarter of R-50's width (16 channels per group; the same
-# blocks, strides, dilation and heads) and C4 with 300 proposals.
+# The three detector layouts of detectron2's COCO models and the VGG-16 of He et al. 2016 (Table 8),
+# each from its shipped config. C4 runs the whole res5 stage per proposal (about 1.5 GFLOP each at R-50
+# width) and DC5 a res5 at stride 16: at full width the two took 20 min here, so they run at a quarter
+# of R-50's width (16 channels per group; the same blocks, strides, dilation and heads) and C4 with 300
+# proposals.
 QUARTER_WIDTH = ["MODEL.RESNETS.WIDTH_PER_GROUP", "16", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64"]
 LAYOUTS = {
     "FPN": ("mask_rcnn_R50.yaml", []),

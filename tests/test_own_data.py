@@ -71,7 +71,7 @@ def test_own_folder_trains_evaluates_and_demos_from_the_command_line_in_two_proc
                "--confidence-threshold", "0", "--input", os.path.join(folder, "val", "000000.png"),
                "--output", str(tmp_path / "demo"))
     assert demo.returncode == 0, demo.stderr[-3000:]
-    labels = [d.rsplit(" ", 1)[0] for d in demo.stdout.split("(", 1)[1].rsplit(")", 1)[0].split(", ")]
+    labels = [d.rsplit(" ", 1)[0] for d in demo.stdout.split("(", 1)[1].rsplit(")", 1)[0].split(", ") if d != "..."]
     assert labels and set(labels) <= set(CLASS_NAMES), demo.stdout  # names, not class numbers
     assert os.listdir(tmp_path / "demo") == ["000000.png"]
 
@@ -88,7 +88,8 @@ def test_a_yaml_of_your_own_names_its_data_and_a_shipped_base(folder, tmp_path, 
     monkeypatch.chdir(tmp_path)
     cfg = load_config(str(tmp_path / "mine.yaml"), use_detectron2=False)
     shipped = load_config(QUICK, use_detectron2=False)
-    assert cfg.SOLVER.MAX_ITER == shipped.SOLVER.MAX_ITER and cfg.MODEL.FPN.OUT_CHANNELS == shipped.MODEL.FPN.OUT_CHANNELS
+    assert cfg.SOLVER.MAX_ITER == shipped.SOLVER.MAX_ITER
+    assert cfg.MODEL.FPN.OUT_CHANNELS == shipped.MODEL.FPN.OUT_CHANNELS
     spec = get_dataset("my_val", cfg)
     assert spec.json_file == str(tmp_path / "data" / "val.json") and spec.image_root == str(tmp_path / "data" / "val")
     # The command line adds to the yaml's list.

@@ -1,7 +1,8 @@
-"""The VGG-16 baseline of He et al. 2016 (Table 8) without detectron2: the body is torchvision's VGG-16 to conv5_3, ImageNet
-weights of torchvision's VGG-16 load into the body and fc6/fc7 into the box head (every tensor), and the
-configs that cannot use them are refused naming the fix. (tests/test_engine_equivalence.py compares
-both engines stage by stage on faster_rcnn_VGG16.yaml where detectron2 is installed.)"""
+"""The VGG-16 baseline of He et al. 2016 (Table 8) without detectron2: the body is torchvision's
+VGG-16 to conv5_3, ImageNet weights of torchvision's VGG-16 load into the body and fc6/fc7 into the box
+head (every tensor), and the configs that cannot use them are refused naming the fix.
+(tests/test_engine_equivalence.py compares both engines stage by stage on faster_rcnn_VGG16.yaml where
+detectron2 is installed.)"""
 import pytest
 import torch
 import torchvision

@@ -134,7 +134,8 @@ def msra_blobs(depth: int, seed: int) -> dict:
     blobs = {}
 
     def conv(name, c_out, c_in, k):
-        blobs[f"{name}_w"] = (rng.standard_normal((c_out, c_in, k, k)) * np.sqrt(1.0 / (c_in * k * k))).astype(np.float32)
+        scale = np.sqrt(1.0 / (c_in * k * k))
+        blobs[f"{name}_w"] = (rng.standard_normal((c_out, c_in, k, k)) * scale).astype(np.float32)
 
     def affine(name, c):
         blobs[f"{name}_s"] = rng.uniform(0.5, 1.5, c).astype(np.float32)

@@ -9,9 +9,9 @@
     python tools/benchmark.py --record ...     # and append the run to tools/benchmark_results.md
 
 ``--record`` appends what the run printed to ``tools/benchmark_results.md`` (beside this tool) under a
-heading with the date, the commit (``-dirty`` when the package, tools or configs have uncommitted changes), the CPU kind
-and the command: that file is this tool's output, never edited by hand, and the README's performance
-figures come from it.
+heading with the date, the commit (``-dirty`` when the package, tools or configs have uncommitted
+changes), the CPU kind and the command: that file is this tool's output, never edited by hand, and the
+README's performance figures come from it.
 
 Like for like: every backbone row is ResNet-FPN with FrozenBN everywhere, stem and res2 frozen (FREEZE_AT
 2), the same stride position (the 3x3 conv, torchvision's convention; ``--stride-in-1x1`` for MSRA's,

@@ -90,7 +90,9 @@ def main(argv=None) -> int:
         dest = os.path.join(args.output, os.path.splitext(os.path.basename(path))[0] + ".png")
         draw(rgb, out, names, args.confidence_threshold).save(dest)
         kept = out["scores"] >= args.confidence_threshold
-        found = ", ".join(f"{names[int(c) - 1]} {float(s):.2f}" for c, s in zip(out["labels"][kept], out["scores"][kept]))
+        best = zip(out["labels"][kept][:10], out["scores"][kept][:10])
+        shown = [f"{names[int(c) - 1]} {float(s):.2f}" for c, s in best]
+        found = ", ".join(shown) + (", ..." if int(kept.sum()) > len(shown) else "")  # the 10 best named
         print(f"{path}: {int(kept.sum())} detections{f' ({found})' if found else ''} -> {dest}")
     return 0
 

@@ -46,9 +46,9 @@ def register_dataset_names(names: Iterable[str], cfg=None) -> None:
     json), so a missing dataset is our error naming the path and the fix; names we do not know are left
     to detectron2 (registered by the user). Called in every process of a launch, so a config's own
     datasets are registered wherever the config goes."""
-    own = config_datasets(cfg)
+    own, known = config_datasets(cfg), set(registered_datasets(cfg))
     for name in names:
-        if name not in registered_datasets(cfg):
+        if name not in known:
             continue
         spec = get_dataset(name, cfg)
         if name in DatasetCatalog.list():

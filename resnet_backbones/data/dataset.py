@@ -32,7 +32,7 @@ class COCOInstances(torch.utils.data.Dataset):
     An image that does not decode raises :class:`UnreadableImageError` naming it; with
     ``skip_unreadable`` (MODEL.RESNET_BACKBONES.SKIP_UNREADABLE_IMAGES, training only) the next
     readable image of the dataset takes its place (same flip: the batch keeps its size and the stream
-    stays a function of the seed), and ``target["unreadable"]`` lists the files skipped for it.
+    stays a function of SEED), and ``target["unreadable"]`` lists the files skipped for it.
     """
 
     def __init__(self, spec: DatasetSpec, *, input_format: str = "RGB", with_masks: bool = False,
