@@ -1,36 +1,26 @@
-"""Translate a config (detectron2 key names) into keyword arguments of the core builders.
+"""Translate a config (detectron2 key names) into the core builders' keyword arguments and bodies.
 
-Both engines build their backbone through these functions, so the same yaml gives the same body, and
-evaluate through :func:`inference_runner`, so the inference keys mean the same.
+Both engines build their backbone through these functions, so the same yaml gives the same body.
 """
-import copy
-import logging
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
-import torch
 from torch import nn
 
 from .errors import ConfigError
 from .modeling import (
     FPN,
-    FrozenBatchNorm2d,
     VGG,
     ResNet,
     build_res5_head,
     build_resnet,
     build_resnet_fpn,
     build_vgg,
-    optimize_for_inference,
     set_activation_checkpointing,
     to_channels_last,
 )
-from .solver import amp_dtype
 
 __all__ = ["resnet_kwargs_from_cfg", "build_body_from_cfg", "build_fpn_from_cfg", "build_res5_head_from_cfg",
-           "check_res5_head_cfg", "build_vgg_from_cfg", "FPN_BACKBONES", "BODY_BACKBONES", "VGG_BACKBONES",
-           "inference_model", "inference_dtype", "inference_runner", "AutocastInference"]
-
-logger = logging.getLogger("resnet_backbones")
+           "check_res5_head_cfg", "build_vgg_from_cfg", "FPN_BACKBONES", "BODY_BACKBONES", "VGG_BACKBONES"]
 
 # MODEL.BACKBONE.NAME values that mean our body + FPN, and our body alone (detectron2's names mean the
 # same architecture; the torchvision engine builds ours for both).
@@ -147,50 +137,3 @@ def build_res5_head_from_cfg(cfg) -> nn.Sequential:
     return build_res5_head(depth=k["depth"], norm=k["norm"], stem_out_channels=k["stem_out_channels"],
                            res2_out_channels=k["res2_out_channels"], num_groups=k["num_groups"],
                            width_per_group=k["width_per_group"], stride_in_1x1=k["stride_in_1x1"])
-
-
-def inference_model(cfg, model: nn.Module) -> nn.Module:
-    """The model evaluation runs: ``model``, or with MODEL.RESNET_BACKBONES.OPTIMIZE_FOR_INFERENCE an
-    eval-mode copy whose backbone has every batch norm folded into its conv and channels_last weights
-    (an eval-mode BatchNorm/SyncBN is the frozen affine map of its running statistics, so converting it
-    to FrozenBatchNorm2d first is exact)."""
-    if not cfg.MODEL.RESNET_BACKBONES.OPTIMIZE_FOR_INFERENCE:
-        return model
-    model = copy.deepcopy(model).eval()
-    FrozenBatchNorm2d.convert_frozen_batchnorm(model.backbone)
-    optimize_for_inference(model.backbone)
-    return model
-
-
-def inference_dtype(cfg, device: torch.device) -> Optional[torch.dtype]:
-    """The autocast dtype of MODEL.RESNET_BACKBONES.INFERENCE_AMP on ``device``, or None for FP32."""
-    if not cfg.MODEL.RESNET_BACKBONES.INFERENCE_AMP:
-        return None
-    return amp_dtype(device, "MODEL.RESNET_BACKBONES.INFERENCE_AMP", "inference")
-
-
-class AutocastInference(nn.Module):
-    """``model`` called under autocast with ``dtype`` (for evaluation loops that take a plain module)."""
-
-    def __init__(self, model: nn.Module, device_type: str, dtype: torch.dtype):
-        super().__init__()
-        self.model, self.device_type, self.dtype = model, device_type, dtype
-
-    def forward(self, *args, **kwargs):
-        with torch.autocast(self.device_type, dtype=self.dtype):
-            return self.model(*args, **kwargs)
-
-
-def inference_runner(cfg, model: nn.Module, device: torch.device) -> nn.Module:
-    """What evaluation calls on either engine: :func:`inference_model` under the autocast of
-    :func:`inference_dtype` (``model`` itself with the keys off). Logs what it changed."""
-    runner = inference_model(cfg, model)
-    dtype = inference_dtype(cfg, device)
-    if dtype is not None:
-        runner = AutocastInference(runner, torch.device(device).type, dtype)
-    changes = (["the backbone optimised for inference (batch norms folded, channels_last)"]
-               if cfg.MODEL.RESNET_BACKBONES.OPTIMIZE_FOR_INFERENCE else []) + \
-        ([f"{dtype} autocast"] if dtype is not None else [])
-    if changes:
-        logger.info("evaluating with %s", " and ".join(changes))
-    return runner

@@ -233,7 +233,7 @@ def add_resnet_backbones_config(cfg) -> None:
         SOLVER.WARMUP_ITERS, the total loss exceeds this factor times the median of the last 100 total
         losses (once 20 are there). 0 turns it off. 20: healthy runs spike to 2-3x their median (a late
         hard batch back at the initial loss ~10x); the blow-ups it is for reach 100-1000x (1-2 -> 161 ->
-        1425), and grow geometrically, so a higher limit only costs an iteration or two (resnet_backbones.guard).
+        1425), and grow geometrically, so a higher limit only costs an iteration or two (resnet_backbones.divergence).
     SKIP_UNREADABLE_IMAGES: in training (both engines), an image file that does not decode is skipped,
         each logged once and their count in the end-of-run health line, instead of stopping with an error
         naming it and the last checkpoint. Evaluation always stops on one (an AP without some of its images

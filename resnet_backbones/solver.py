@@ -1,4 +1,4 @@
-"""Optimizer, LR schedule, gradient clipping and AMP precision from ``cfg.SOLVER``, as detectron2 does them.
+"""Optimizer, LR schedule and gradient clipping from ``cfg.SOLVER``, as detectron2 does them.
 
 Framework-free (plain torch + fvcore, no detectron2 import): the torchvision engine uses these, and
 ``tests/test_solver_detectron2.py`` checks them against detectron2's ``detectron2.solver`` on every
@@ -11,7 +11,6 @@ shipped config. Each function names the detectron2 function it matches.
   ``LRMultiplier`` in ``detectron2/solver/lr_scheduler.py``).
 - :func:`clip_gradients_`: ``SOLVER.CLIP_GRADIENTS`` (``_create_gradient_clipper``): each parameter
   clipped on its own, by value or by its own norm.
-- :func:`amp_dtype`: the autocast dtype ``SOLVER.AMP.ENABLED`` runs with on a device.
 """
 import logging
 from collections import OrderedDict
@@ -35,7 +34,6 @@ __all__ = [
     "LR_SCHEDULERS",
     "NORM_MODULE_TYPES",
     "LRMultiplier",
-    "amp_dtype",
     "build_lr_multiplier",
     "build_lr_scheduler",
     "build_optimizer",
@@ -240,35 +238,3 @@ def clip_gradients_(clip_cfg, params: Iterable[torch.Tensor]) -> None:
             torch.nn.utils.clip_grad_norm_(p, clip_cfg.CLIP_VALUE, clip_cfg.NORM_TYPE)
     else:
         raise ValueError(f"SOLVER.CLIP_GRADIENTS.CLIP_TYPE={clip_cfg.CLIP_TYPE!r}: 'value' or 'norm'")
-
-
-def cpu_supports_bf16() -> bool:
-    """Whether this CPU runs bf16 natively in oneDNN (AVX-512 BW/VL/DQ or newer, or Arm BF16); torch
-    would otherwise emulate bf16 convolutions, slower than FP32."""
-    try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # a build without oneDNN or without the query
-        return False
-
-
-def amp_dtype(device: torch.device, setting: str = "SOLVER.AMP.ENABLED", purpose: str = "training"
-              ) -> Optional[torch.dtype]:
-    """The autocast dtype for ``setting`` (SOLVER.AMP.ENABLED, or the inference one) on ``device``, or
-    None for FP32.
-
-    CUDA: float16 (with a gradient scaler in training, as detectron2's AMPTrainer). CPU: bfloat16 where
-    the CPU supports it natively (:func:`cpu_supports_bf16`), else None with a warning saying why.
-    Other devices: None with a warning.
-    """
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.float16
-    if device.type == "cpu":
-        if cpu_supports_bf16():
-            return torch.bfloat16
-        logger.warning("%s: this CPU has no native bf16 support in oneDNN "
-                       "(torch.ops.mkldnn._is_mkldnn_bf16_supported() is False; emulated bf16 is slower than "
-                       "FP32); %s in FP32", setting, purpose)
-        return None
-    logger.warning("%s: no mixed precision on device %s; %s in FP32", setting, device, purpose)
-    return None

@@ -21,12 +21,12 @@ import argparse
 import signal
 import sys
 
-from .config import ConfigError, load_config, resolve_config_path
+from .checkpoints import last_checkpoint
+from .config import load_config, resolve_config_path
 from .d2 import detectron2_available
-from .data import DatasetError
-from .data.workers import original_message
-from .guard import TrainingInterrupted, last_checkpoint, random_frozen_bn_warning
-from .weights import WeightsError
+from .data.loader_errors import original_message
+from .errors import ConfigError, DatasetError, ResultsVerificationError, TrainingInterrupted, WeightsError
+from .hints import random_frozen_bn_warning
 
 
 def parse_args(argv=None):
@@ -62,8 +62,6 @@ def _error(e: BaseException) -> str:
 def run_guarded(fn, *args, **kwargs) -> int:
     """Call ``fn`` (an engine's launch) and map how it ended to the exit status (module docstring),
     printing one line for the known failures, without a traceback."""
-    from .tv.main import ResultsVerificationError
-
     try:
         fn(*args, **kwargs)
     except (ConfigError, DatasetError, WeightsError) as e:  # input errors: the message names the fix

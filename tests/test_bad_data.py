@@ -16,8 +16,8 @@ from PIL import Image
 from resnet_backbones import train_net
 from resnet_backbones.data import COCOInstances, DatasetValidationError, TrainingBatchSampler, get_dataset
 from resnet_backbones.data.synthetic import generate_split
-from resnet_backbones.data.validate import check_dataset
-from resnet_backbones.data.workers import original_message, plain_worker_errors
+from resnet_backbones.data import check_dataset
+from resnet_backbones.data.loader_errors import original_message, plain_worker_errors
 from resnet_backbones.tv.train import Trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -4,6 +4,7 @@ import os
 import pickle
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -348,8 +349,9 @@ def test_quick_schedule_trains_and_evaluates_on_detectron2(tmp_path):
 def test_amp_on_cpu_trains_mask_rcnn_with_bf16_autocast(tmp_path, monkeypatch):
     """SOLVER.AMP.ENABLED (the Mask R-CNN quick schedule's) on a CPU: detectron2's AMPTrainer asserts
     CUDA; ours autocasts to bf16 where the CPU has it natively (else trains in FP32)."""
-    from resnet_backbones import solver
-    from resnet_backbones.d2.train import CPUAutocastTrainer, Trainer, register_datasets
+    from resnet_backbones import precision
+    from resnet_backbones.d2.amp import CPUAutocastTrainer
+    from resnet_backbones.d2.train import Trainer, register_datasets
 
     monkeypatch.setenv("RESNET_BACKBONES_DATA", os.environ.get("RESNET_BACKBONES_DATA", str(tmp_path / "data")))
     cfg = load_config("quick_schedules/mask_rcnn_R18_synthetic.yaml", [
@@ -359,7 +361,7 @@ def test_amp_on_cpu_trains_mask_rcnn_with_bf16_autocast(tmp_path, monkeypatch):
     assert cfg.SOLVER.AMP.ENABLED and cfg.MODEL.DEVICE == "cpu"
     register_datasets(cfg)
     trainer = Trainer(cfg)
-    bf16 = solver.cpu_supports_bf16()
+    bf16 = precision.cpu_supports_bf16()
     assert type(trainer._trainer) is (CPUAutocastTrainer if bf16 else detectron2.engine.SimpleTrainer)
     dtypes = set()
     conv = next(m for m in trainer.model.backbone.modules() if isinstance(m, torch.nn.Conv2d))
@@ -376,19 +378,20 @@ def test_amp_on_cpu_trains_mask_rcnn_with_bf16_autocast(tmp_path, monkeypatch):
 def test_amp_on_a_cpu_without_bf16_falls_back_to_fp32(monkeypatch, caplog):
     from detectron2.engine import AMPTrainer, SimpleTrainer
 
-    from resnet_backbones import solver
-    from resnet_backbones.d2.train import _inner_trainer_for_device
+    from resnet_backbones import precision
+    from resnet_backbones.d2.amp import CPUAutocastTrainer, amp_trainer
 
     model = torch.nn.Linear(2, 2)
-    amp = AMPTrainer(model, [], torch.optim.SGD(model.parameters(), lr=0.1))
-    cfg = d2_get_cfg()
-    cfg.MODEL.DEVICE = "cpu"
-    monkeypatch.setattr(solver, "cpu_supports_bf16", lambda: False)
-    inner = _inner_trainer_for_device(cfg, amp)
-    assert type(inner) is SimpleTrainer and inner.model is model and inner.optimizer is amp.optimizer
-    assert "no native bf16" in caplog.text
-    cfg.MODEL.DEVICE = "cuda"  # detectron2's own AMPTrainer (fp16 + GradScaler) on CUDA
-    assert _inner_trainer_for_device(cfg, amp) is amp
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: False)
+    inner = amp_trainer(model, [], optimizer, "cpu")
+    assert type(inner) is SimpleTrainer and inner.model is model and inner.optimizer is optimizer
+    assert "SOLVER.AMP.ENABLED: this CPU has no native bf16" in caplog.text
+    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: True)
+    assert type(amp_trainer(model, [], optimizer, "cpu")) is CPUAutocastTrainer
+    with warnings.catch_warnings():  # AMPTrainer's GradScaler warns without CUDA
+        warnings.simplefilter("ignore")
+        assert type(amp_trainer(model, [], optimizer, "cuda")) is AMPTrainer  # detectron2's fp16 + GradScaler
 
 
 def test_expected_results_are_verified_like_detectron2_train_net():
@@ -433,3 +436,20 @@ def test_recipes_equal_detectron2s_model_zoo_yaml_key_for_key(ours, theirs):
         expected, "build_resnet_fpn_backbone" if "FPN" in theirs else "build_resnet_backbone")
     diff = {k: (a[k], b.get(k)) for k in a if a[k] != b.get(k)}
     assert not diff, diff
+
+
+def test_padding_constraints_are_the_keys_detectron2_reads():
+    """detectron2's ``ImageList.from_tensors`` pads to ``padding_constraints["size_divisibility"]``,
+    which overrides its ``size_divisibility`` argument (GeneralizedRCNN passes both): the FPN's key
+    must be spelled as detectron2 reads it, the bodies must not ask for padding."""
+    from detectron2.structures import ImageList
+
+    from resnet_backbones.d2.backbone import resnet_backbone, resnet_fpn_backbone
+
+    images = [torch.zeros(3, 100, 130), torch.zeros(3, 90, 97)]
+    fpn = resnet_fpn_backbone(depth=18)
+    assert fpn.padding_constraints == {"size_divisibility": 32} and fpn.size_divisibility == 32
+    assert ImageList.from_tensors(images, 0, padding_constraints=fpn.padding_constraints).tensor.shape[-2:] == (128, 160)
+    body = resnet_backbone(depth=18, out_features=["res4"])
+    assert body.size_divisibility == 0
+    assert ImageList.from_tensors(images, 0, padding_constraints=body.padding_constraints).tensor.shape[-2:] == (100, 130)

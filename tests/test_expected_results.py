@@ -4,7 +4,8 @@ import math
 import pytest
 
 from resnet_backbones.config import load_config
-from resnet_backbones.tv.main import ResultsVerificationError, verify_results
+from resnet_backbones.errors import ResultsVerificationError
+from resnet_backbones.tv.verify import verify_results
 
 QUICK = "quick_schedules/faster_rcnn_R18_synthetic.yaml"
 RESULTS = {"bbox": {"AP": 40.0, "AP50": 60.0, "APs": math.nan}, "segm": {"AP": 35.0}}

@@ -1,4 +1,5 @@
-"""The divergence guard (resnet_backbones.guard) and its use by both engines: no checkpoint of a diverged state."""
+"""The divergence guard (resnet_backbones.divergence), the hints (resnet_backbones.hints) and their use by
+both engines: no checkpoint of a diverged state."""
 import logging
 import math
 import os
@@ -8,7 +9,9 @@ import re
 import pytest
 import torch
 
-from resnet_backbones.guard import DivergenceError, LossGuard, evaluation_hint, random_frozen_bn_warning
+from resnet_backbones.divergence import LossGuard
+from resnet_backbones.errors import DivergenceError
+from resnet_backbones.hints import evaluation_hint, random_frozen_bn_warning
 from resnet_backbones.tv.train import Trainer
 
 from test_train import QUICK, tiny_cfg
@@ -174,7 +177,8 @@ def test_detectron2_engine_stops_on_a_spike_before_checkpointing(tmp_path, caplo
     pytest.importorskip("detectron2")
     pytest.importorskip("detectron2.modeling")
     from resnet_backbones.config import load_config
-    from resnet_backbones.d2.train import DivergenceHook, Trainer as D2Trainer, register_datasets
+    from resnet_backbones.d2.hooks import DivergenceHook
+    from resnet_backbones.d2.train import Trainer as D2Trainer, register_datasets
 
     caplog.set_level(logging.INFO, logger="resnet_backbones")
     cfg = load_config(QUICK, [

@@ -15,7 +15,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(ROOT, "resnet_backbones")
 CORE = ("modeling", "weights")
 # Layers above the core; the core may import the leaf module resnet_backbones.errors and itself.
-ABOVE = ("config", "d2", "tv", "data", "tools", "builders", "solver", "guard", "train_net", "model_zoo", "benchmark")
+ABOVE = ("config", "d2", "tv", "data", "tools", "builders", "solver", "precision", "inference", "divergence",
+         "checkpoints", "hints", "train_net", "model_zoo", "benchmark")
 
 
 def _module_name(path: str) -> str:
@@ -82,6 +83,19 @@ def test_every_module_is_in_a_layer():
 
 def test_errors_module_is_a_leaf():
     assert [m for m, _ in _imports(os.path.join(PACKAGE, "errors.py")) if m.startswith("resnet_backbones")] == []
+
+
+def test_import_graph_has_no_cycle():
+    """No module of the package imports, at any depth (lazy imports in functions included), one that
+    imports it back, directly or through others: each module sits above the ones it uses."""
+    import graphlib
+
+    files = {_module_name(p): p for p in _python_files(PACKAGE)}
+    graph = {name: {m for m, _ in _imports(path) if m in files and m != name} for name, path in files.items()}
+    try:
+        list(graphlib.TopologicalSorter(graph).static_order())
+    except graphlib.CycleError as e:
+        pytest.fail(f"import cycle: {' -> '.join(e.args[1])}")
 
 
 def test_import_checker_sees_lazy_imports(tmp_path):

@@ -175,7 +175,7 @@ def test_compiled_inference_matches(image):
 def test_inference_model_folds_every_batch_norm_in_a_copy(caplog):
     """MODEL.RESNET_BACKBONES.OPTIMIZE_FOR_INFERENCE: evaluation runs a copy whose backbone has its
     (eval-mode, trainable) BatchNorms folded into the convs and channels_last weights; same features."""
-    from resnet_backbones.builders import AutocastInference, inference_dtype, inference_model, inference_runner
+    from resnet_backbones.inference import AutocastInference, inference_dtype, inference_model, inference_runner
     from resnet_backbones.config import load_config
     from resnet_backbones.tv.model import build_model
 
@@ -207,9 +207,9 @@ def test_inference_model_folds_every_batch_norm_in_a_copy(caplog):
 
     assert inference_dtype(cfg, torch.device("cpu")) is None  # INFERENCE_AMP off by default
     cfg.MODEL.RESNET_BACKBONES.INFERENCE_AMP = True
-    import resnet_backbones.solver as solver
+    import resnet_backbones.precision as precision
 
-    native = solver.cpu_supports_bf16()
+    native = precision.cpu_supports_bf16()
     assert inference_dtype(cfg, torch.device("cpu")) == (torch.bfloat16 if native else None)
     wrapped = inference_runner(cfg, model, torch.device("cpu"))
     assert isinstance(wrapped, AutocastInference) == native
@@ -219,12 +219,12 @@ def test_inference_model_folds_every_batch_norm_in_a_copy(caplog):
 
 
 def test_inference_amp_is_fp32_without_native_bf16(monkeypatch, caplog):
-    from resnet_backbones.builders import inference_dtype
+    from resnet_backbones.inference import inference_dtype
     from resnet_backbones.config import load_config
 
-    import resnet_backbones.solver as solver
+    import resnet_backbones.precision as precision
 
-    monkeypatch.setattr(solver, "cpu_supports_bf16", lambda: False)
+    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: False)
     cfg = load_config("quick_schedules/faster_rcnn_R18_synthetic.yaml", ["MODEL.RESNET_BACKBONES.INFERENCE_AMP", "True"],
                       use_detectron2=False)
     with caplog.at_level("WARNING"):

@@ -1,4 +1,5 @@
-"""resnet_backbones.solver without detectron2: parameter groups, LR schedule, clipping, AMP dtype.
+"""resnet_backbones.solver without detectron2: parameter groups, LR schedule, clipping; and the AMP dtype
+(resnet_backbones.precision).
 
 The same functions are compared with detectron2's on every shipped config in test_solver_detectron2.py.
 """
@@ -9,11 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from resnet_backbones import solver
+from resnet_backbones import precision
 from resnet_backbones.config import get_standalone_cfg
 from resnet_backbones.modeling.norm import FrozenBatchNorm2d
 from resnet_backbones.solver import (
-    amp_dtype,
     build_lr_multiplier,
     build_lr_scheduler,
     build_optimizer,
@@ -212,13 +212,14 @@ def test_scheduler_state_round_trips_and_reads_old_lambdalr_state():
 
 
 def test_amp_dtype(monkeypatch, caplog):
+    amp_dtype = precision.amp_dtype
     assert amp_dtype(torch.device("cuda")) is torch.float16
-    monkeypatch.setattr(solver, "cpu_supports_bf16", lambda: True)
+    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: True)
     assert amp_dtype(torch.device("cpu")) is torch.bfloat16
-    monkeypatch.setattr(solver, "cpu_supports_bf16", lambda: False)
+    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: False)
     with caplog.at_level(logging.WARNING):
         assert amp_dtype(torch.device("cpu")) is None
     assert "no native bf16" in caplog.text and "FP32" in caplog.text
     monkeypatch.undo()
     # The real query answers on this machine (True or False, never an error).
-    assert solver.cpu_supports_bf16() in (True, False)
+    assert precision.cpu_supports_bf16() in (True, False)

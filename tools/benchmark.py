@@ -184,7 +184,7 @@ def main(argv=None) -> int:
 
 
 def _run(args) -> int:
-    from resnet_backbones.solver import cpu_supports_bf16
+    from resnet_backbones.precision import cpu_supports_bf16
 
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)

@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from resnet_backbones.config import ConfigError  # noqa: E402
 from resnet_backbones.data import DatasetError, register_coco_instances  # noqa: E402
 from resnet_backbones.data.catalog import normalize_config_datasets  # noqa: E402
-from resnet_backbones.data.validate import check_dataset  # noqa: E402
+from resnet_backbones.data import check_dataset  # noqa: E402
 from resnet_backbones.train_net import add_dataset_argument  # noqa: E402
 
 

@@ -19,7 +19,7 @@ _OVERRIDES = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
 def cpu_info() -> Dict[str, Any]:
     """{"name", "isa" (the named flags present), "native_bf16" (oneDNN's own answer), "overrides"
     (the ISA environment variables set), "emulated_avx2" (both overrides cap at AVX2)}."""
-    from ..solver import cpu_supports_bf16
+    from ..precision import cpu_supports_bf16
 
     name, flags = "?", set()
     try:

@@ -31,11 +31,6 @@ def _peak_rss_bytes() -> int:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def saved_activations_mb(model, x, autocast) -> float:
     """MB of tensors autograd keeps for backward after one forward pass (each storage once; parameters and
     buffers excluded): the activation memory a training step holds at its peak, free of allocator noise.

@@ -147,7 +147,7 @@ def detector_eval(variant: str, depth: int, size, batch: int, device, config: st
     """What --eval-only does per image, for ``batch`` images one at a time: preprocessing, backbone, RPN,
     box head and postprocessing, with the config's inference keys (as both engines' evaluation applies
     them: :func:`resnet_backbones.builders.inference_runner`)."""
-    from resnet_backbones.builders import inference_runner
+    from resnet_backbones.inference import inference_runner
 
     overrides = ["INPUT.MIN_SIZE_TEST", str(min(size)), "INPUT.MAX_SIZE_TEST", str(max(size))]
     if "-opt" in variant:

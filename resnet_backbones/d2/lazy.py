@@ -5,26 +5,28 @@ The loop is detectron2's ``tools/lazyconfig_train_net.py`` (instantiate ``model`
 ``dataloader``, ``lr_multiplier`` and run them under ``train.*``), with what our yaml path adds:
 our datasets registered (the synthetic ones included), ``train.amp`` autocast that also works on a
 CPU (bf16 only where the CPU has it natively), and our divergence guard as the first hook
-(``train.divergence_threshold``, default 20, 0 turns it off; see :mod:`resnet_backbones.guard`). The
+(``train.divergence_threshold``, default 20, 0 turns it off; see :mod:`resnet_backbones.divergence`). The
 same config runs unchanged under detectron2's script.
 """
 import argparse
 import logging
 from typing import List, Optional
 
-import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import LazyConfig, instantiate
-from detectron2.engine import AMPTrainer, SimpleTrainer, default_setup, default_writers, hooks, launch
+from detectron2.engine import SimpleTrainer, default_setup, default_writers, hooks, launch
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from ..guard import LossGuard, random_frozen_bn_warning
-from ..solver import amp_dtype
-from ..weights.conventions import WeightsError, known_conventions
-from .train import CPUAutocastTrainer, DivergenceHook, register_dataset_names
+from ..divergence import LossGuard
+from ..errors import WeightsError
+from ..hints import random_frozen_bn_warning
+from ..weights.conventions import known_conventions
+from .amp import amp_trainer
+from .datasets import register_dataset_names
+from .hooks import DivergenceHook
 
 __all__ = ["use_imagenet_weights", "lazy_dataset_names", "register_dataset_names", "launch_lazy"]
 
@@ -74,18 +76,6 @@ def _evaluate(cfg, model):
     return results
 
 
-def _trainer(cfg, model, loader, optimizer) -> SimpleTrainer:
-    """AMPTrainer on CUDA (fp16 + GradScaler); on a CPU, bf16 autocast where native, else FP32."""
-    if not cfg.train.amp.enabled:
-        return SimpleTrainer(model, loader, optimizer)
-    dtype = amp_dtype(torch.device(cfg.train.device))
-    if dtype == torch.float16:
-        return AMPTrainer(model, loader, optimizer)
-    if dtype is None:
-        return SimpleTrainer(model, loader, optimizer)
-    return CPUAutocastTrainer(model, loader, optimizer, precision=dtype)
-
-
 def _guard(cfg) -> LossGuard:
     """The divergence guard for a LazyConfig: warm-up from ``lr_multiplier.warmup_length``."""
     warmup = float(cfg.lr_multiplier.get("warmup_length", 0.0)) if "lr_multiplier" in cfg else 0.0
@@ -97,7 +87,7 @@ def _guard(cfg) -> LossGuard:
 
 
 def frozen_bn_from_scratch_warning(cfg, resumed: bool) -> Optional[str]:
-    """:func:`resnet_backbones.guard.random_frozen_bn_warning` for a LazyConfig whose ``model.backbone``
+    """:func:`resnet_backbones.hints.random_frozen_bn_warning` for a LazyConfig whose ``model.backbone``
     is ours: no ``model.backbone.weights``, no ``train.init_checkpoint`` and no checkpoint resumed."""
     backbone = cfg.model.get("backbone", {})
     loads = bool(backbone.get("weights") or cfg.train.get("init_checkpoint") or resumed)
@@ -113,7 +103,8 @@ def _train(cfg, resume: bool):
     optimizer = instantiate(cfg.optimizer)
     loader = instantiate(cfg.dataloader.train)
     model = create_ddp_model(model, **cfg.train.ddp)
-    trainer = _trainer(cfg, model, loader, optimizer)
+    trainer = (amp_trainer(model, loader, optimizer, cfg.train.device, "train.amp.enabled") if cfg.train.amp.enabled
+               else SimpleTrainer(model, loader, optimizer))
     checkpointer = DetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer)
     main = comm.is_main_process()
     trainer.register_hooks([

@@ -1,6 +1,8 @@
 """Datasets: COCO under detectron2's names, the embedded synthetic shapes, samplers."""
-from .catalog import (DatasetError, DatasetSpec, config_datasets, get_dataset, register_coco_instances,
+from ..errors import DatasetError, DatasetValidationError, UnreadableImageError
+from .catalog import (DatasetSpec, check_dataset, config_datasets, get_dataset, register_coco_instances,
                       registered_datasets)
 from .dataset import COCOInstances, InferenceSampler, TrainingBatchSampler, collate
+from .images import read_image
 from .synthetic import ensure_synthetic
-from .validate import DatasetValidationError, UnreadableImageError, check_images, read_image, validate_coco
+from .validate import check_images, validate_coco

@@ -11,17 +11,14 @@ import os
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DatasetError
 from .synthetic import ensure_synthetic
+from .validate import check_images, validate_coco
 
-__all__ = ["DatasetError", "DatasetSpec", "register_coco_instances", "get_dataset", "registered_datasets",
+__all__ = ["DatasetSpec", "check_dataset", "register_coco_instances", "get_dataset", "registered_datasets",
            "config_datasets", "normalize_config_datasets", "check_num_classes"]
 
 DATASETS_KEY = "MODEL.RESNET_BACKBONES.DATASETS"
-
-
-class DatasetError(RuntimeError):
-    """A dataset that is not registered, not on disk, or holds an unreadable file."""
 
 
 @dataclass(frozen=True)
@@ -188,9 +185,17 @@ def get_dataset(name: str, cfg=None) -> DatasetSpec:
             if name in _COCO else f"check the paths given for it ({DATASETS_KEY}, --dataset or register_coco_instances)"
         )
         raise DatasetError(f"dataset {name!r}: {os.path.abspath(missing)} does not exist; {hint}")
-    from .validate import validate_coco  # imports this module
 
     report = validate_coco(spec.json_file, spec.image_root, name)
     if cfg is not None:
         check_num_classes(cfg, name, spec, report.num_categories)
     return spec
+
+
+def check_dataset(name: str, *, cfg=None, workers: int = 0, progress: bool = True) -> List[str]:
+    """``tools/check_dataset.py``: the load-time checks of a registered dataset (raising
+    :class:`~resnet_backbones.errors.DatasetValidationError` as a run would), then every image decoded
+    (:func:`~resnet_backbones.data.validate.check_images`); returns the images that fail to decode or
+    differ in size from the json."""
+    spec = get_dataset(name, cfg)
+    return check_images(spec.json_file, spec.image_root, workers=workers, progress=progress)

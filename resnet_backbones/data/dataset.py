@@ -9,8 +9,9 @@ import torch
 from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 
-from .catalog import DatasetError, DatasetSpec
-from .validate import UnreadableImageError, read_image
+from ..errors import DatasetError, UnreadableImageError
+from .catalog import DatasetSpec
+from .images import read_image
 
 __all__ = ["COCOInstances", "TrainingBatchSampler", "InferenceSampler", "collate"]
 

@@ -16,13 +16,11 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Dict, List, Optional, Tuple
 
-import numpy as np
-from PIL import Image, ImageOps
 
-from .catalog import DatasetError
+from ..errors import DatasetError, DatasetValidationError
+from .images import read_image
 
-__all__ = ["DatasetValidationError", "UnreadableImageError", "ValidationReport", "check_dataset", "check_images",
-           "read_image", "validate_coco"]
+__all__ = ["ValidationReport", "check_images", "validate_coco"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,15 +43,6 @@ DROPS = OrderedDict([
     ("degenerate_bbox", "boxes of zero or negative width or height (dropped from the training targets, as "
                         "detectron2's filter_empty_instances drops them)"),
 ])
-
-
-class DatasetValidationError(DatasetError):
-    """A dataset whose json or files fail :func:`validate_coco`: one message names every kind of problem,
-    its count and the first offenders (tools/train_net.py exits with status 2)."""
-
-
-class UnreadableImageError(DatasetError):
-    """An image file that exists but cannot be decoded (truncated, not an image)."""
 
 
 @dataclass
@@ -193,26 +182,6 @@ def validate_coco(json_file: str, image_root: str, name: str = "") -> Validation
                       name or os.path.basename(json_file))
 
 
-def read_image(path: str, json_file: str = "") -> np.ndarray:
-    """An image file as a (H, W, 3) uint8 RGB array, as detectron2's ``read_image`` reads it (EXIF
-    orientation applied, grey and palette images converted). Both engines' unreadable-image errors
-    come from here.
-
-    Raises:
-        DatasetError: the file does not exist; :class:`UnreadableImageError`: it does not decode.
-    """
-    listed = f" listed in {json_file}" if json_file else ""
-    try:
-        with Image.open(path) as im:
-            return np.array(ImageOps.exif_transpose(im).convert("RGB"))
-    except FileNotFoundError as e:
-        raise DatasetError(f"image {path}{listed} does not exist") from e
-    except Exception as e:
-        fix = f"replace it or remove it from {json_file}" if json_file else "replace it"
-        raise UnreadableImageError(f"cannot read image {path} ({type(e).__name__}: {e}); the file is corrupt or "
-                                   f"not an image: {fix}") from e
-
-
 def _decode(job: Tuple[str, int, int]) -> Optional[str]:
     path, width, height = job
     try:
@@ -237,13 +206,3 @@ def check_images(json_file: str, image_root: str, *, workers: int = 0, progress:
         results = list(tqdm(pool.map(_decode, jobs), total=len(jobs), disable=not progress,
                             desc=f"decoding {os.path.basename(json_file)}", unit="img"))
     return [r for r in results if r is not None]
-
-
-def check_dataset(name: str, *, cfg=None, workers: int = 0, progress: bool = True) -> List[str]:
-    """``tools/check_dataset.py``: the load-time checks of a registered dataset (raising
-    :class:`DatasetValidationError` as a run would), then every image decoded (:func:`check_images`);
-    returns the images that fail to decode or differ in size from the json."""
-    from .catalog import get_dataset
-
-    spec = get_dataset(name, cfg)
-    return check_images(spec.json_file, spec.image_root, workers=workers, progress=progress)

@@ -1,8 +1,5 @@
 """Plain-PyTorch backbones (never imports detectron2)."""
-from .fpn import FPN, TOP_BLOCKS, LastLevelMaxPool, LastLevelP6P7, build_resnet_fpn
-from .norm import NORM_NAMES, FrozenBatchNorm2d, get_norm
-from .resnet import (
-    RESNET_DEPTHS,
+from .blocks import (
     BasicBlock,
     BasicStem,
     BlockBase,
@@ -10,13 +7,9 @@ from .resnet import (
     Conv2d,
     PreActBasicBlock,
     PreActBottleneckBlock,
-    ResNet,
-    ShapeSpec,
-    build_res5_head,
-    build_resnet,
-    make_stage,
 )
-from .vgg import VGG, VGG_DEPTHS, build_vgg
+from .fpn import FPN, TOP_BLOCKS, LastLevelMaxPool, LastLevelP6P7, build_resnet_fpn
+from .norm import NORM_NAMES, FrozenBatchNorm2d, get_norm
 from .optimize import (
     compile_for_inference,
     fold_frozen_batchnorm,
@@ -25,3 +18,7 @@ from .optimize import (
     set_frozen_bn_folding,
     to_channels_last,
 )
+from .res5_head import build_res5_head
+from .resnet import RESNET_DEPTHS, ResNet, build_resnet, make_stage
+from .shapes import DeclaredOutputs, ShapeSpec
+from .vgg import VGG, VGG_DEPTHS, build_vgg

@@ -11,7 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .norm import get_norm
-from .resnet import Conv2d, ShapeSpec, build_resnet
+from .blocks import Conv2d
+from .resnet import build_resnet
+from .shapes import DeclaredOutputs, ShapeSpec
 
 __all__ = ["FPN", "LastLevelMaxPool", "LastLevelP6P7", "build_resnet_fpn", "TOP_BLOCKS"]
 
@@ -55,7 +57,7 @@ class LastLevelP6P7(nn.Module):
 TOP_BLOCKS = ("LastLevelMaxPool", "LastLevelP6P7", "")
 
 
-class FPN(nn.Module):
+class FPN(DeclaredOutputs, nn.Module):
     """Top-down pyramid with lateral 1x1 and output 3x3 convs.
 
     Args:
@@ -128,25 +130,11 @@ class FPN(nn.Module):
             if source not in self._out_feature_strides and source not in input_shapes:
                 raise ValueError(f"top block input {source!r} is neither an FPN level nor a body output")
         self._out_features = list(self._out_feature_strides)
-        self._out_channels = out_channels
+        self._shapes = {name: ShapeSpec(out_channels, s) for name, s in self._out_feature_strides.items()}
+        # Inputs a multiple of the coarsest input stride (32 for res2..res5) give detectron2's exact
+        # behaviour: each top-down upsampling is then exactly 2x.
         self._size_divisibility = strides[-1]
         self._fuse_type = fuse_type
-
-    @property
-    def out_features(self) -> List[str]:
-        return list(self._out_features)
-
-    @property
-    def size_divisibility(self) -> int:
-        """Pad inputs to a multiple of this for the exact detectron2 behaviour (32 for res2..res5)."""
-        return self._size_divisibility
-
-    @property
-    def padding_constraints(self) -> Dict[str, int]:
-        return {"size_divisiblity": self._size_divisibility}
-
-    def output_shape(self) -> Dict[str, ShapeSpec]:
-        return {name: ShapeSpec(self._out_channels, s) for name, s in self._out_feature_strides.items()}
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         bottom_up = self.bottom_up(x)

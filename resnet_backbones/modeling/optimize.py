@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from .norm import FrozenBatchNorm2d
-from .resnet import Conv2d, ResNet
+from .blocks import Conv2d
+from .resnet import ResNet
 
 __all__ = ["fold_frozen_batchnorm", "set_frozen_bn_folding", "to_channels_last", "set_activation_checkpointing",
            "optimize_for_inference", "compile_for_inference"]

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .resnet import DeclaredOutputs, ShapeSpec
+from .shapes import DeclaredOutputs, ShapeSpec
 
 __all__ = ["VGG", "VGG_DEPTHS", "build_vgg"]
 

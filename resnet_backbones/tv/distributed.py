@@ -11,7 +11,7 @@ import torch.multiprocessing as mp
 __all__ = ["launch", "get_rank", "get_world_size", "get_local_rank", "is_main_process", "all_gather", "synchronize"]
 
 logger = logging.getLogger(__name__)
-_LOCAL = {"rank": 0, "size": 1}
+_LOCAL = {"rank": 0}
 
 
 def get_world_size() -> int:
@@ -24,10 +24,6 @@ def get_rank() -> int:
 
 def get_local_rank() -> int:
     return _LOCAL["rank"]
-
-
-def get_local_size() -> int:
-    return _LOCAL["size"]
 
 
 def is_main_process() -> bool:
@@ -59,7 +55,7 @@ def _backend() -> str:
 
 
 def _init(rank: int, world_size: int, local_rank: int, local_size: int, init_method: str) -> None:
-    _LOCAL.update(rank=local_rank, size=local_size)
+    _LOCAL.update(rank=local_rank)
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
     else:  # share the cores between the processes of this machine

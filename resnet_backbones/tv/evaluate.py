@@ -14,7 +14,7 @@ from pycocotools import mask as mask_util
 from pycocotools.cocoeval import COCOeval
 
 from ..data import COCOInstances, InferenceSampler, collate
-from ..data.workers import plain_worker_errors
+from ..data.loader_errors import plain_worker_errors
 from .distributed import all_gather, get_rank, get_world_size, is_main_process
 
 __all__ = ["inference_on_dataset", "coco_evaluate", "format_table", "METRICS"]

@@ -1,30 +1,28 @@
 """torchvision engine: training loop, checkpoints, metrics and evaluation, driven by the cfg."""
 import datetime
-import json
 import logging
-import math
 import os
-import signal
-import statistics
 import time
-from collections import defaultdict, deque
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import torch
 from torch import nn
 
+from ..checkpoints import last_checkpoint
 from ..data import COCOInstances, DatasetError, TrainingBatchSampler, collate, get_dataset
-from ..data.validate import UnreadableImageError
-from ..data.workers import plain_worker_errors
-from ..guard import LossGuard, TrainingInterrupted, checkpoint_note, evaluation_hint, last_checkpoint
-from ..solver import amp_dtype, build_lr_scheduler, build_optimizer, clip_gradients_
-from .distributed import get_local_rank, get_rank, get_world_size, is_main_process, synchronize
-from ..builders import inference_runner
-from .evaluate import coco_evaluate, format_per_class_table, format_table, inference_on_dataset, save_results
+from ..data.loader_errors import data_error_stop, plain_worker_errors
+from ..divergence import LossGuard
+from ..hints import evaluation_hint
+from ..inference import inference_runner
+from ..precision import amp_dtype
+from ..solver import build_lr_scheduler, build_optimizer, clip_gradients_
 from ..weights.resolve import load_model_weights
+from .distributed import get_local_rank, get_rank, get_world_size, is_main_process, synchronize
+from .evaluate import coco_evaluate, format_per_class_table, format_table, inference_on_dataset, save_results
+from .hooks import CheckpointHook, EvalHook, HookBase, MetricsWriter, write_eval_metrics
 from .model import build_model, resolve_device
 
-__all__ = ["Trainer", "evaluate", "iteration_seed", "last_checkpoint", "setup_logging"]
+__all__ = ["Trainer", "evaluate", "iteration_seed", "setup_logging"]
 
 logger = logging.getLogger("resnet_backbones")
 
@@ -97,9 +95,9 @@ def evaluate(cfg, model: nn.Module, device: torch.device) -> Dict[str, Dict[str,
 class Trainer:
     """Iteration-based training (detectron2's SimpleTrainer semantics) for the torchvision engine.
 
-    - Optimizer, LR schedule, gradient clipping and AMP dtype from :mod:`resnet_backbones.solver`
-      (detectron2's, tested against it): SOLVER.AMP.ENABLED is fp16 + GradScaler on CUDA, bf16 on a
-      CPU with native bf16, else FP32.
+    - Optimizer, LR schedule and gradient clipping from :mod:`resnet_backbones.solver` (detectron2's,
+      tested against it); the AMP dtype from :mod:`resnet_backbones.precision`: SOLVER.AMP.ENABLED is
+      fp16 + GradScaler on CUDA, bf16 on a CPU with native bf16, else FP32.
     - Deterministic: the batch stream and every random draw of iteration i depend only on
       (SEED, i, rank), so ``resume`` continues exactly (same next loss).
     - Checkpoints (model, optimizer, scheduler, scaler, iteration) every SOLVER.CHECKPOINT_PERIOD, at
@@ -112,8 +110,10 @@ class Trainer:
     - A non-finite loss, or one that jumps above MODEL.RESNET_BACKBONES.DIVERGENCE_THRESHOLD x its
       running median, stops training before the backward pass (FloatingPointError / DivergenceError
       naming the iteration, the losses, the fix and the last checkpoint): nothing diverged is saved.
-      The end of training logs a one-line health summary (:mod:`resnet_backbones.guard`).
-    - Progress line with ETA, TensorBoard scalars and metrics.json (one JSON per line) every LOG_PERIOD.
+      The end of training logs a one-line health summary (:mod:`resnet_backbones.divergence`).
+    - The rest are hooks (:mod:`.hooks`, as detectron2's): progress line with ETA, TensorBoard scalars
+      and metrics.json every LOG_PERIOD (:class:`MetricsWriter`); checkpoints (:class:`CheckpointHook`);
+      evaluation every TEST.EVAL_PERIOD (:class:`EvalHook`). :meth:`build_hooks` lists them.
     """
 
     def __init__(self, cfg, *, resume: bool = False):
@@ -148,8 +148,19 @@ class Trainer:
                 # device_ids=None: DDP leaves the (CPU) images where they are; the model's transform
                 # resizes them on the CPU as detectron2's data loader does, then moves them.
                 model, device_ids=None)
-        self._stop_signal: Optional[int] = None
         self.guard = LossGuard.from_cfg(cfg)
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.iter = self.start_iter  # iterations completed
+        self.values: Dict[str, float] = {}  # the last step's losses (run_step's return)
+        self.times = (0.0, 0.0)  # the last step's (iteration, data) seconds
+        self.hooks: List[HookBase] = self.build_hooks()
+        for hook in self.hooks:
+            hook.trainer = self
+
+    def build_hooks(self) -> List[HookBase]:
+        """The hooks that run after each step, in order: metrics, checkpoints, periodic evaluation."""
+        writer = MetricsWriter(self.cfg.OUTPUT_DIR, self.cfg.MODEL.RESNET_BACKBONES.LOG_PERIOD)
+        return [writer, CheckpointHook(self.cfg.SOLVER.CHECKPOINT_PERIOD), EvalHook(self.cfg.TEST.EVAL_PERIOD, writer)]
 
     # -- checkpoints ---------------------------------------------------------------------------
     def _resume_or_load(self, resume: bool) -> None:
@@ -197,16 +208,9 @@ class Trainer:
             with plain_worker_errors():
                 images, targets = next(data_iter)
         except DatasetError as e:
-            skip = (" Or skip unreadable images: MODEL.RESNET_BACKBONES.SKIP_UNREADABLE_IMAGES True."
-                    if isinstance(e, UnreadableImageError) else "")
-            raise type(e)(f"training stopped at iteration {iteration}: {e}.{skip} "
-                          f"{checkpoint_note(self.cfg.OUTPUT_DIR)}") from None
+            raise data_error_stop(e, iteration, self.cfg.OUTPUT_DIR) from None
         self.guard.skip_unreadable(p for t in targets for p in t.pop("unreadable", ()))
         return images, targets
-
-    def _handle_signal(self, signum, frame):
-        logger.warning("signal %d: stopping after this iteration and saving a checkpoint", signum)
-        self._stop_signal = signum
 
     def run_step(self, iteration: int, images, targets) -> Dict[str, float]:
         # Every random draw of this iteration (resize scale, RPN/ROI sampling) from (seed, iteration, rank).
@@ -243,90 +247,41 @@ class Trainer:
         return values
 
     def train(self) -> Dict[str, Dict[str, float]]:
-        cfg = self.cfg
-        max_iter = cfg.SOLVER.MAX_ITER
-        period = cfg.MODEL.RESNET_BACKBONES.LOG_PERIOD
-        writer = None
-        metrics_file = None
-        if is_main_process():
-            from torch.utils.tensorboard import SummaryWriter
-
-            writer = SummaryWriter(cfg.OUTPUT_DIR)
-            metrics_file = open(os.path.join(cfg.OUTPUT_DIR, "metrics.json"), "a")
-        handlers = {s: signal.signal(s, self._handle_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        """Iterations ``start_iter``..SOLVER.MAX_ITER with the hooks after each, then the evaluation."""
         logger.info("Starting training from iteration %d to %d on %s (%d process(es), %d images per batch)",
-                    self.start_iter, max_iter, self.device, get_world_size(), cfg.SOLVER.IMS_PER_BATCH)
+                    self.start_iter, self.max_iter, self.device, get_world_size(), self.cfg.SOLVER.IMS_PER_BATCH)
         self.model.train()
-        window: Dict[str, deque] = defaultdict(lambda: deque(maxlen=period))
-        iter_times: deque = deque(maxlen=period)
-        data_times: deque = deque(maxlen=period)
-        iteration = self.start_iter
         started = time.perf_counter()
         try:
+            for hook in self.hooks:
+                hook.before_train()
             data_iter = iter(self._loader())
-            while iteration < max_iter:
+            while self.iter < self.max_iter:
                 t0 = time.perf_counter()
-                images, targets = self._next_batch(data_iter, iteration)
+                images, targets = self._next_batch(data_iter, self.iter)
                 t1 = time.perf_counter()
-                values = self.run_step(iteration, images, targets)
-                iteration += 1
-                iter_times.append(time.perf_counter() - t0)
-                data_times.append(t1 - t0)
-                for k, v in values.items():
-                    window[k].append(v)
-                if is_main_process() and (iteration % period == 0 or iteration == max_iter):
-                    self._write_metrics(iteration, max_iter, window, iter_times, data_times, writer, metrics_file)
-                stop = self._stop_signal is not None
-                if iteration % cfg.SOLVER.CHECKPOINT_PERIOD == 0 and iteration < max_iter or stop:
-                    self.save_checkpoint(f"model_{iteration - 1:07d}", iteration)
-                if stop:
-                    raise TrainingInterrupted(self._stop_signal, iteration, last_checkpoint(cfg.OUTPUT_DIR) or "")
-                if cfg.TEST.EVAL_PERIOD > 0 and iteration % cfg.TEST.EVAL_PERIOD == 0 and iteration < max_iter:
-                    self._eval_and_log(iteration, writer, metrics_file)
-            self.save_checkpoint("model_final", iteration)
+                self.values = self.run_step(self.iter, images, targets)
+                self.iter += 1
+                self.times = (time.perf_counter() - t0, t1 - t0)
+                for hook in self.hooks:
+                    hook.after_step()
             logger.info("Overall training time: %s (%.3f s / it)",
                         datetime.timedelta(seconds=int(time.perf_counter() - started)),
-                        (time.perf_counter() - started) / max(iteration - self.start_iter, 1))
+                        (time.perf_counter() - started) / max(self.iter - self.start_iter, 1))
         except BaseException as e:  # the health line says how the run ended, never "healthy"
-            self.guard.ended_by(iteration, e)
+            self.guard.ended_by(self.iter, e)
             raise
         finally:
             if is_main_process():
                 logger.info(self.guard.summary())
-            for s, h in handlers.items():
-                signal.signal(s, h)
-            if writer is not None:
-                writer.close()
-            if metrics_file is not None:
-                metrics_file.close()
+            for hook in self.hooks:
+                hook.after_train()
         synchronize()
-        return self._eval_and_log(iteration, None, None)
+        return self.evaluate_and_log(self.iter)
 
-    def _eval_and_log(self, iteration, writer, metrics_file):
+    def evaluate_and_log(self, iteration: int, writer=None) -> Dict[str, Dict[str, float]]:
+        """:func:`evaluate`, its results written to metrics.json (and ``writer``), the model back in training mode."""
         results = evaluate(self.cfg, self.model, self.device)
-        if is_main_process() and results:
-            flat = {f"{t}/{k}": v for t, s in results.items() for k, v in s.items() if not math.isnan(v)}
-            if writer is not None:
-                for k, v in flat.items():
-                    writer.add_scalar(k, v, iteration)
-            path = os.path.join(self.cfg.OUTPUT_DIR, "metrics.json")
-            with open(path, "a") as f:
-                f.write(json.dumps({"iteration": iteration, **flat}) + "\n")
+        write_eval_metrics(self.cfg.OUTPUT_DIR, iteration, results, writer)
         self.model.train()
         return results
-
-    def _write_metrics(self, iteration, max_iter, window, iter_times, data_times, writer, metrics_file):
-        medians = {k: statistics.median(v) for k, v in window.items()}
-        sec = statistics.mean(iter_times)
-        eta = datetime.timedelta(seconds=int(sec * (max_iter - iteration)))
-        lr = self.optimizer.param_groups[0]["lr"]
-        losses = "  ".join(f"{k}: {v:.4f}" for k, v in medians.items())
-        logger.info("eta: %s  iter: %d/%d  %s  time: %.3f s/it  data_time: %.4f  lr: %.5g", eta, iteration,
-                    max_iter, losses, sec, statistics.mean(data_times), lr)
-        record = {"iteration": iteration, **medians, "lr": lr, "time": sec, "data_time": statistics.mean(data_times),
-                  "eta_seconds": eta.total_seconds()}
-        metrics_file.write(json.dumps(record) + "\n")
-        metrics_file.flush()
-        for k, v in record.items():
-            if k != "iteration":
-                writer.add_scalar(k, v, iteration)

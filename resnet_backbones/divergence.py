@@ -1,22 +1,22 @@
-"""Training health, shared by both engines: the divergence guard, its messages, the end-of-run summary
-and the hint after an evaluation that found nothing.
+"""The divergence guard: stops training on a non-finite or diverging loss, and sums up the run's health.
 
-The torchvision engine calls :meth:`LossGuard.observe` in ``Trainer.run_step`` before the backward
-pass; the detectron2 engine from a hook that runs before ``PeriodicCheckpointer``
-(:class:`resnet_backbones.d2.train.DivergenceHook`). Either way the guard raises before any checkpoint
-of the diverged iteration is written, and the exception ends training, so no final or interrupt
-checkpoint follows it.
+The torchvision engine calls :meth:`LossGuard.observe` from a hook that runs before the backward pass
+(:class:`resnet_backbones.tv.hooks.GuardHook`); the detectron2 engine from a hook that runs before
+``PeriodicCheckpointer`` (:class:`resnet_backbones.d2.hooks.DivergenceHook`). Either way the guard
+raises before any checkpoint of the diverged iteration is written, and the exception ends training, so
+no final or interrupt checkpoint follows it.
 """
 import logging
 import math
-import os
 import signal
 import statistics
 from collections import deque
 from typing import Mapping, Optional
 
-__all__ = ["DivergenceError", "LossGuard", "TrainingInterrupted", "checkpoint_note", "evaluation_hint",
-           "last_checkpoint", "random_frozen_bn_warning"]
+from .checkpoints import checkpoint_note
+from .errors import DivergenceError, TrainingInterrupted
+
+__all__ = ["LossGuard"]
 
 logger = logging.getLogger("resnet_backbones")
 
@@ -25,54 +25,6 @@ logger = logging.getLogger("resnet_backbones")
 WINDOW = 100
 # Judge only once the median has this many values behind it: the median of 3 values is noise.
 MIN_VALUES = 20
-# bbox AP (percent) below which an evaluation "found nothing": untrained or 2-iteration models score
-# 0.01-0.06 on the synthetic shapes (both engines), one that learned anything scores whole points.
-NEAR_ZERO_AP = 0.1
-
-
-class DivergenceError(FloatingPointError):
-    """The total loss jumped far above its running median (MODEL.RESNET_BACKBONES.DIVERGENCE_THRESHOLD).
-
-    A FloatingPointError, as the non-finite loss it usually turns into a few iterations later.
-    """
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Training stopped by SIGINT or SIGTERM after the checkpoint of its last complete iteration.
-
-    ``signum`` is the signal (tools/train_net.py exits with 128 + signum: 130 for SIGINT, 143 for
-    SIGTERM, the statuses schedulers read); ``next_iter`` the iteration ``--resume`` continues at.
-    """
-
-    def __init__(self, signum: int, next_iter: int, checkpoint: str = ""):
-        self.signum, self.next_iter, self.checkpoint = int(signum), int(next_iter), checkpoint
-        super().__init__(f"stopped by {signal.Signals(self.signum).name} at iteration {self.next_iter}"
-                         + (f" after writing {checkpoint}; --resume continues from it" if checkpoint else ""))
-
-
-def last_checkpoint(output_dir: str) -> Optional[str]:
-    """The checkpoint OUTPUT_DIR/last_checkpoint names (both engines write this marker), or None."""
-    marker = os.path.join(output_dir, "last_checkpoint")
-    if not os.path.isfile(marker):
-        return None
-    with open(marker) as f:
-        path = os.path.join(output_dir, f.read().strip())
-    return path if os.path.isfile(path) else None
-
-
-def _checkpoint_note(output_dir: str) -> str:
-    path = last_checkpoint(output_dir)
-    if path is None:
-        return f"No checkpoint has been written yet ({os.path.join(output_dir, 'last_checkpoint')} is absent)."
-    return f"The last checkpoint, written before this iteration: {path}."
-
-
-def checkpoint_note(output_dir: str) -> str:
-    """Where a stopped run can continue from: the last checkpoint, or that none has been written."""
-    path = last_checkpoint(output_dir)
-    if path is None:
-        return f"No checkpoint has been written yet ({os.path.join(output_dir, 'last_checkpoint')} is absent)."
-    return f"The last checkpoint: {path} (--resume continues from it)."
 
 
 def _first_line(e: BaseException, limit: int = 300) -> str:
@@ -159,8 +111,8 @@ class LossGuard:
                         f"training diverged at iteration {iteration}: total_loss {total:.4g} is {ratio:.3g}x the "
                         f"median {median:.4g} of the last {len(values)} iterations (limit "
                         f"{self.key}={self.threshold:g}x). Losses: "
-                        f"{_format(losses)}. {self.advice} {_checkpoint_note(self.output_dir)} If this "
-                        f"spike is expected, raise {self.key} (0 turns it off).")
+                        f"{_format(losses)}. {self.advice} {self._where_to_continue()} If this spike is "
+                        f"expected, raise {self.key} (0 turns it off).")
         self._recent.append((iteration, total))
         if len(self._first) < self.summary_window:
             self._first.append((iteration, total))
@@ -169,7 +121,10 @@ class LossGuard:
         """The error for a non-finite loss at ``iteration`` (``losses``: their text); records the stop."""
         self.stopped = f"non-finite loss at iteration {iteration}"
         return FloatingPointError(f"loss became non-finite at iteration {iteration}: {losses}. {self.advice} "
-                                  f"{_checkpoint_note(self.output_dir)}")
+                                  f"{self._where_to_continue()}")
+
+    def _where_to_continue(self) -> str:
+        return checkpoint_note(self.output_dir, stopped_in_iteration=True)
 
     def ended_by(self, iteration: int, error: BaseException) -> None:
         """Record that ``error`` ended training at ``iteration`` (the first one not completed), unless
@@ -217,37 +172,3 @@ class LossGuard:
 def _median_of(points) -> str:
     return (f"{statistics.median(v for _, v in points):.4g} (median of iterations "
             f"{points[0][0]}-{points[-1][0]})")
-
-
-def evaluation_hint(cfg, bbox: Optional[Mapping[str, float]], num_detections: Optional[int] = None) -> Optional[str]:
-    """One line of likely causes when an evaluation found nothing, else None.
-
-    Nothing: no detection (``num_detections`` 0, or detectron2's COCOEvaluator giving no or NaN bbox
-    AP), or bbox AP (percent) under :data:`NEAR_ZERO_AP`.
-    """
-    ap = (bbox or {}).get("AP", float("nan"))
-    if num_detections != 0 and math.isfinite(ap) and ap >= NEAR_ZERO_AP:
-        return None
-    found = "no detections" if num_detections == 0 or not math.isfinite(ap) else f"bbox AP {ap:.3f}, about 0"
-    return (f"Evaluation found {found}. Likely causes: training diverged (see the 'Training health' line; lower "
-            f"SOLVER.BASE_LR={cfg.SOLVER.BASE_LR} or lengthen SOLVER.WARMUP_ITERS={cfg.SOLVER.WARMUP_ITERS}); "
-            f"too few iterations (SOLVER.MAX_ITER={cfg.SOLVER.MAX_ITER}); MODEL.ROI_HEADS.NUM_CLASSES="
-            f"{cfg.MODEL.ROI_HEADS.NUM_CLASSES} or the category ids not matching the dataset; "
-            f"MODEL.ROI_HEADS.SCORE_THRESH_TEST={cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST} too high.")
-
-
-def random_frozen_bn_warning(norm: str, loads_weights: bool, *, norm_key: str, weights_key: str,
-                             fix: str) -> Optional[str]:
-    """The warning for training a FrozenBN body that no weights will initialise, else None.
-
-    A randomly initialised FrozenBN is a fixed identity (scale 1, shift 0, mean 0, variance 1), so
-    nothing normalises the activations: they grow with depth and the loss typically diverges within a
-    few iterations (an R-18 at LR 0.001 reached NaN by its fourth iteration). Only a warning, as
-    detectron2 allows it. ``fix`` names the config's way to train the norms instead.
-    """
-    if norm != "FrozenBN" or loads_weights:
-        return None
-    return (f"training a randomly initialised body with {norm_key}=FrozenBN and no weights ({weights_key} is "
-            "empty): a random FrozenBN is a fixed identity, so activations grow with depth and the loss "
-            f"usually diverges within a few iterations. Load ImageNet weights into {weights_key}, or train "
-            f"the norms from scratch: {fix}.")

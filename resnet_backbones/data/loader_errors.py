@@ -1,4 +1,5 @@
-"""Errors raised in DataLoader worker processes, given back to the user as their own message.
+"""A training or evaluation loader's errors as the user should read them: a DataLoader worker's error with
+its own message, and a data error that stops training with its iteration, fix and checkpoint.
 
 PyTorch re-raises a worker's exception in the main process as the same type whose message is
 "Caught X in DataLoader worker process N. Original Traceback (most recent call last): ..." with the
@@ -10,7 +11,10 @@ import contextlib
 import re
 from typing import Optional
 
-__all__ = ["original_message", "plain_worker_errors"]
+from ..checkpoints import checkpoint_note
+from ..errors import DatasetError, UnreadableImageError
+
+__all__ = ["data_error_stop", "original_message", "plain_worker_errors"]
 
 _WRAPPED = re.compile(r"^Caught \w+ in DataLoader worker process \d+\.\nOriginal Traceback")
 
@@ -51,3 +55,11 @@ def plain_worker_errors():
         if hasattr(plain, "add_note"):  # Python >= 3.11
             plain.add_note(str(e))
         raise plain from None
+
+
+def data_error_stop(error: DatasetError, iteration: int, output_dir: str) -> DatasetError:
+    """``error`` (a missing or unreadable image met by the training loader) as the error that stops
+    training at ``iteration``: its message, the option to skip unreadable images, and the last checkpoint."""
+    skip = (" Or skip unreadable images: MODEL.RESNET_BACKBONES.SKIP_UNREADABLE_IMAGES True."
+            if isinstance(error, UnreadableImageError) else "")
+    return type(error)(f"training stopped at iteration {iteration}: {error}.{skip} {checkpoint_note(output_dir)}")
