@@ -1,6 +1,6 @@
 """detectron2's ``StandardROIHeads`` and ``Res5ROIHeads`` (modeling/roi_heads/roi_heads.py, fast_rcnn.py,
 mask_head.py) on torchvision's ``RoIHeads``, and detectron2's initialisation of the heads."""
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -26,11 +26,37 @@ class Detectron2ROIHeads(RoIHeads):
       SCORE_THRESH_TEST, per-class NMS, DETECTIONS_PER_IMAGE (torchvision also drops boxes < 1e-2 px);
     - mask targets as ``mask_rcnn_loss`` (:func:`mask_targets_like_detectron2`: binary, polygon
       rasterisation or aligned ROIAlign >= 0.5) and mask probabilities as ``mask_rcnn_inference``.
+
+    Args (the detectron2 config key each comes from):
+        box_roi_pool: ROIAlign of the proposals on MODEL.ROI_HEADS.IN_FEATURES (MODEL.ROI_BOX_HEAD.POOLER_*).
+        box_head: detectron2's ``FastRCNNConvFCHead`` (MODEL.ROI_BOX_HEAD.NUM_CONV, CONV_DIM, NUM_FC, FC_DIM,
+            NORM).
+        box_predictor: torchvision's ``FastRCNNPredictor``: MODEL.ROI_HEADS.NUM_CLASSES + 1 scores
+            (background first) and their box deltas.
+        fg_iou_thresh, bg_iou_thresh: both the one value of MODEL.ROI_HEADS.IOU_THRESHOLDS (foreground from it,
+            background below it).
+        batch_size_per_image, positive_fraction: MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE, POSITIVE_FRACTION.
+        bbox_reg_weights: MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS.
+        score_thresh, nms_thresh: MODEL.ROI_HEADS.SCORE_THRESH_TEST, NMS_THRESH_TEST.
+        detections_per_img: TEST.DETECTIONS_PER_IMAGE (-1: all).
+        smooth_l1_beta, bbox_loss_weight: MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA, BBOX_REG_LOSS_WEIGHT.
+        proposal_append_gt: MODEL.ROI_HEADS.PROPOSAL_APPEND_GT.
+        mask_roi_pool, mask_head, mask_predictor: MODEL.MASK_ON; ROIAlign with MODEL.ROI_MASK_HEAD.POOLER_*,
+            detectron2's ``MaskRCNNConvUpsampleHead`` as torchvision's ``MaskRCNNHeads`` (NUM_CONV convs of
+            CONV_DIM, NORM) and ``MaskRCNNPredictor`` (the deconv and the per-class logits).
     """
 
-    def __init__(self, *args, smooth_l1_beta: float, bbox_loss_weight: float, proposal_append_gt: bool = True,
-                 **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, box_roi_pool: nn.Module, box_head: nn.Module, box_predictor: nn.Module, *,
+                 fg_iou_thresh: float, bg_iou_thresh: float, batch_size_per_image: int, positive_fraction: float,
+                 bbox_reg_weights: Tuple[float, float, float, float], score_thresh: float, nms_thresh: float,
+                 detections_per_img: int, smooth_l1_beta: float, bbox_loss_weight: float, proposal_append_gt: bool,
+                 mask_roi_pool: Optional[nn.Module] = None, mask_head: Optional[nn.Module] = None,
+                 mask_predictor: Optional[nn.Module] = None):
+        super().__init__(box_roi_pool, box_head, box_predictor, fg_iou_thresh=fg_iou_thresh,
+                         bg_iou_thresh=bg_iou_thresh, batch_size_per_image=batch_size_per_image,
+                         positive_fraction=positive_fraction, bbox_reg_weights=bbox_reg_weights,
+                         score_thresh=score_thresh, nms_thresh=nms_thresh, detections_per_img=detections_per_img,
+                         mask_roi_pool=mask_roi_pool, mask_head=mask_head, mask_predictor=mask_predictor)
         self.smooth_l1_beta = smooth_l1_beta
         self.bbox_loss_weight = bbox_loss_weight
         self.proposal_append_gt = proposal_append_gt
@@ -94,7 +120,8 @@ class Detectron2ROIHeads(RoIHeads):
 
     def mask_loss(self, mask_logits, proposals, targets, labels, matched_idxs) -> torch.Tensor:
         size = mask_logits.shape[-1]
-        gt = torch.cat([mask_targets_like_detectron2(t, m, p, size) for t, m, p in zip(targets, matched_idxs, proposals)])
+        gt = torch.cat([mask_targets_like_detectron2(t, m, p, size)
+                        for t, m, p in zip(targets, matched_idxs, proposals)])
         labels = torch.cat(labels)
         if gt.numel() == 0:
             return mask_logits.sum() * 0
@@ -137,7 +164,8 @@ class Detectron2ROIHeads(RoIHeads):
                 mask_proposals, pos_matched, pos_labels, _ = self.foreground(proposals, matched_idxs, labels)
             else:
                 mask_proposals = [r["boxes"] for r in result]
-            mask_logits = self.mask_predictor(self.mask_head(self.mask_roi_pool(features, mask_proposals, image_shapes)))
+            mask_features = self.mask_roi_pool(features, mask_proposals, image_shapes)
+            mask_logits = self.mask_predictor(self.mask_head(mask_features))
             if self.training:
                 losses["loss_mask"] = self.mask_loss(mask_logits, mask_proposals, targets, pos_labels, pos_matched)
             else:
@@ -160,12 +188,22 @@ class Detectron2Res5ROIHeads(Detectron2ROIHeads):
       the pooled detections (``forward_with_given_boxes``). detectron2's C4 mask head has
       ROI_MASK_HEAD.NUM_CONV 0: ``mask_head`` is then empty and ``mask_predictor`` is the deconv +
       predictor (``MaskRCNNConvUpsampleHead``).
+
+    Args: those of :class:`Detectron2ROIHeads`, but ``res5`` (MODEL.RESNETS.*, the stage's blocks) in
+    place of ``box_head``, and no ``mask_roi_pool``: the mask head reads the res5 features.
     """
 
-    def __init__(self, pooler: nn.Module, res5: nn.Module, box_predictor: nn.Module, *,
-                 mask_head: Optional[nn.Module] = None, mask_predictor: Optional[nn.Module] = None, **kwargs):
-        super().__init__(pooler, nn.Identity(), box_predictor, mask_roi_pool=None, mask_head=mask_head,
-                         mask_predictor=mask_predictor, **kwargs)
+    def __init__(self, box_roi_pool: nn.Module, res5: nn.Module, box_predictor: nn.Module, *,
+                 fg_iou_thresh: float, bg_iou_thresh: float, batch_size_per_image: int, positive_fraction: float,
+                 bbox_reg_weights: Tuple[float, float, float, float], score_thresh: float, nms_thresh: float,
+                 detections_per_img: int, smooth_l1_beta: float, bbox_loss_weight: float, proposal_append_gt: bool,
+                 mask_head: Optional[nn.Module] = None, mask_predictor: Optional[nn.Module] = None):
+        super().__init__(box_roi_pool, nn.Identity(), box_predictor, fg_iou_thresh=fg_iou_thresh,
+                         bg_iou_thresh=bg_iou_thresh, batch_size_per_image=batch_size_per_image,
+                         positive_fraction=positive_fraction, bbox_reg_weights=bbox_reg_weights,
+                         score_thresh=score_thresh, nms_thresh=nms_thresh, detections_per_img=detections_per_img,
+                         smooth_l1_beta=smooth_l1_beta, bbox_loss_weight=bbox_loss_weight,
+                         proposal_append_gt=proposal_append_gt, mask_head=mask_head, mask_predictor=mask_predictor)
         self.res5 = res5
 
     def has_mask(self) -> bool:

@@ -1,4 +1,4 @@
-"""detectron2's RPN (modeling/proposal_generator/rpn.py, proposal_utils.py) on torchvision's."""
+"""detectron2's RPN (modeling/proposal_generator/rpn.py, proposal_utils.py) composed of torchvision's pieces."""
 from typing import Dict, List, Tuple
 
 import torch
@@ -6,7 +6,6 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.image_list import ImageList
-from torchvision.models.detection.rpn import RegionProposalNetwork
 from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image
 
 from .anchors import Detectron2AnchorGenerator
@@ -15,9 +14,11 @@ from .precision import at_least_float32
 __all__ = ["Detectron2RPN"]
 
 
-class Detectron2RPN(RegionProposalNetwork):
-    """torchvision's RPN (its head, matcher, sampler and box coder) computing detectron2's ``RPN``
-    (modeling/proposal_generator/rpn.py):
+class Detectron2RPN(nn.Module):
+    """detectron2's ``RPN`` (modeling/proposal_generator/rpn.py) composed of torchvision's ``RPNHead``,
+    ``Matcher``, ``BalancedPositiveNegativeSampler`` and ``BoxCoder`` (models/detection/rpn.py, _utils.py;
+    the matcher and sampler built as its ``RegionProposalNetwork`` builds them, the box coder with
+    MODEL.RPN.BBOX_REG_WEIGHTS):
 
     - proposals as ``find_top_rpn_proposals``: top-k per level on the objectness *logits*, clip,
       drop boxes not wider/taller than MODEL.PROPOSAL_GENERATOR.MIN_SIZE, NMS per level on logits,
@@ -27,18 +28,42 @@ class Detectron2RPN(RegionProposalNetwork):
       ``RPN.losses``: smooth-L1 with SMOOTH_L1_BETA, both normalised by BATCH_SIZE_PER_IMAGE x images,
       LOSS_WEIGHT and BBOX_REG_LOSS_WEIGHT, detectron2's loss names;
     - box deltas decoded in float32 (detectron2's ``apply_deltas``), also under autocast.
+
+    Its ``forward(images, features, targets)`` is what torchvision's ``GeneralizedRCNN`` calls.
+
+    Args (the detectron2 config key each comes from):
+        anchor_generator: anchors per level (MODEL.ANCHOR_GENERATOR.*).
+        head: torchvision's ``RPNHead``, detectron2's ``StandardRPNHead``.
+        in_features: the feature maps it reads, MODEL.RPN.IN_FEATURES.
+        iou_thresholds: MODEL.RPN.IOU_THRESHOLDS: anchors below the first are background, from the second
+            foreground, between them ignored (and each gt box's best anchors foreground).
+        batch_size_per_image, positive_fraction: MODEL.RPN.BATCH_SIZE_PER_IMAGE, POSITIVE_FRACTION.
+        pre_nms_topk_train, pre_nms_topk_test: MODEL.RPN.PRE_NMS_TOPK_TRAIN, PRE_NMS_TOPK_TEST (per level).
+        post_nms_topk_train, post_nms_topk_test: MODEL.RPN.POST_NMS_TOPK_TRAIN, POST_NMS_TOPK_TEST (per image).
+        nms_thresh: MODEL.RPN.NMS_THRESH.
+        min_box_size: MODEL.PROPOSAL_GENERATOR.MIN_SIZE.
+        boundary_thresh: MODEL.RPN.BOUNDARY_THRESH (negative: anchors crossing the image are kept).
+        smooth_l1_beta, loss_weight, bbox_loss_weight: MODEL.RPN.SMOOTH_L1_BETA, LOSS_WEIGHT,
+            BBOX_REG_LOSS_WEIGHT.
+        bbox_reg_weights: MODEL.RPN.BBOX_REG_WEIGHTS.
     """
 
     def __init__(self, anchor_generator: Detectron2AnchorGenerator, head: nn.Module, *, in_features: List[str],
                  iou_thresholds: Tuple[float, float], batch_size_per_image: int, positive_fraction: float,
-                 pre_nms_topk: Dict[str, int], post_nms_topk: Dict[str, int], nms_thresh: float,
-                 min_box_size: float, boundary_thresh: float, smooth_l1_beta: float, loss_weight: float,
-                 bbox_loss_weight: float, bbox_reg_weights: Tuple[float, float, float, float]):
-        super().__init__(anchor_generator, head, fg_iou_thresh=iou_thresholds[1], bg_iou_thresh=iou_thresholds[0],
-                         batch_size_per_image=batch_size_per_image, positive_fraction=positive_fraction,
-                         pre_nms_top_n=pre_nms_topk, post_nms_top_n=post_nms_topk, nms_thresh=nms_thresh)
+                 pre_nms_topk_train: int, pre_nms_topk_test: int, post_nms_topk_train: int,
+                 post_nms_topk_test: int, nms_thresh: float, min_box_size: float, boundary_thresh: float,
+                 smooth_l1_beta: float, loss_weight: float, bbox_loss_weight: float,
+                 bbox_reg_weights: Tuple[float, float, float, float]):
+        super().__init__()
+        self.anchor_generator = anchor_generator
+        self.head = head
+        self.proposal_matcher = det_utils.Matcher(iou_thresholds[1], iou_thresholds[0], allow_low_quality_matches=True)
+        self.fg_bg_sampler = det_utils.BalancedPositiveNegativeSampler(batch_size_per_image, positive_fraction)
         self.box_coder = det_utils.BoxCoder(weights=tuple(bbox_reg_weights))
         self.in_features = list(in_features)
+        self.pre_nms_topk_train, self.pre_nms_topk_test = pre_nms_topk_train, pre_nms_topk_test
+        self.post_nms_topk_train, self.post_nms_topk_test = post_nms_topk_train, post_nms_topk_test
+        self.nms_thresh = nms_thresh
         self.min_box_size = min_box_size
         self.boundary_thresh = boundary_thresh
         self.smooth_l1_beta = smooth_l1_beta
@@ -70,7 +95,8 @@ class Detectron2RPN(RegionProposalNetwork):
                 m = gt[idx.clamp(min=0)]
             if self.boundary_thresh >= 0:
                 b = self.boundary_thresh
-                inside = (anchors[:, 0] >= -b) & (anchors[:, 1] >= -b) & (anchors[:, 2] < w + b) & (anchors[:, 3] < h + b)
+                inside = ((anchors[:, 0] >= -b) & (anchors[:, 1] >= -b)
+                          & (anchors[:, 2] < w + b) & (anchors[:, 3] < h + b))
                 lab[~inside] = -1.0
             pos, neg = self.fg_bg_sampler([lab])
             sampled = torch.full_like(lab, -1.0)
@@ -96,7 +122,10 @@ class Detectron2RPN(RegionProposalNetwork):
                            image_sizes: List[Tuple[int, int]]) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
         """detectron2's ``find_top_rpn_proposals``: returns boxes and their logits per image."""
         n = logits[0].shape[0]
-        pre, post = self._pre_nms_top_n[self.mode], self._post_nms_top_n[self.mode]
+        if self.training:
+            pre, post = self.pre_nms_topk_train, self.post_nms_topk_train
+        else:
+            pre, post = self.pre_nms_topk_test, self.post_nms_topk_test
         top_boxes, top_scores, level_ids = [], [], []
         for level, (a, lg, d) in enumerate(zip(anchors, logits, deltas)):
             k = min(lg.shape[1], pre)
@@ -121,10 +150,6 @@ class Detectron2RPN(RegionProposalNetwork):
             out_boxes.append(boxes[keep])
             out_scores.append(scores[keep])
         return out_boxes, out_scores
-
-    @property
-    def mode(self) -> str:
-        return "training" if self.training else "testing"
 
     def forward(self, images: ImageList, features: Dict[str, torch.Tensor], targets=None):
         logits, deltas, anchors = self.predict(features)
