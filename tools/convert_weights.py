@@ -24,7 +24,7 @@ import sys
 
 import torch
 
-from resnet_backbones.weights import FORMATS, WeightsError, fetch_source, load_file, read_weights, save_converted
+from resnet_backbones.weights import FORMATS, WeightsError, fetch_source, read_weights, save_converted
 from resnet_backbones.weights.convert import save_detector
 from resnet_backbones.weights.detector import detector_layout, num_classes_of, to_detectron2, to_torchvision
 
@@ -41,9 +41,7 @@ def main(argv=None) -> int:
                         help="for a detector checkpoint: the layout to write (required for detectors)")
     args = parser.parse_args(argv)
     try:
-        obj, _ = fetch_source(args.source)
-        if isinstance(obj, str):
-            obj = load_file(obj)
+        obj = fetch_source(args.source).load()
         state = obj.get("model", obj) if isinstance(obj, dict) else obj
         layout = detector_layout(state) if isinstance(state, dict) else ""
         if layout:

@@ -1,4 +1,4 @@
-"""Named weight sources and where they come from.
+"""Fetch a weight source (a local path or a named source) and read it.
 
 A source is a local path or one of:
 
@@ -12,15 +12,35 @@ A source is a local path or one of:
 The cache folder is ``$RESNET_BACKBONES_CACHE``, else ``~/.cache/resnet_backbones``.
 """
 import os
-from typing import Any, Tuple
+from dataclasses import dataclass
+from typing import Any, Dict, Optional
 
+from ..errors import WeightsError
 from .conventions import known_conventions  # noqa: F401  (re-exported)
-from .formats import WeightsError
+from .formats import load_file
 
-__all__ = ["DETECTRON2_PREFIX", "cache_dir", "fetch_source", "is_named_source", "known_conventions"]
+__all__ = ["DETECTRON2_PREFIX", "FetchedWeights", "cache_dir", "fetch_source", "is_named_source", "known_conventions"]
 
 DETECTRON2_PREFIX = "https://dl.fbaipublicfiles.com/detectron2/"
 _SCHEMES = ("torchvision://", "detectron2://", "timm://", "https://", "http://")
+
+
+@dataclass(frozen=True)
+class FetchedWeights:
+    """A fetched source: the local file to read, or the state dict a library returned, with the format it
+    implies (as torchvision's ``Weights`` record, ``torchvision/models/_api.py``, keeps a checkpoint's
+    location with what it implies).
+
+    format: "torchvision" or "timm" for a state dict of those libraries, "auto" for a file.
+    """
+
+    format: str
+    path: str = ""
+    state: Optional[Dict[str, Any]] = None
+
+    def load(self) -> Any:
+        """The checkpoint object: the state dict in memory, or the file read safely (:func:`load_file`)."""
+        return load_file(self.path) if self.state is None else self.state
 
 
 def cache_dir() -> str:
@@ -48,8 +68,8 @@ def _download(url: str) -> str:
     return dest
 
 
-def fetch_source(source: str) -> Tuple[Any, str]:
-    """Resolve ``source`` to (a local path or an in-memory state dict, format hint)."""
+def fetch_source(source: str) -> FetchedWeights:
+    """Fetch ``source``: download a named file into the cache, or have torchvision/timm return the state dict."""
     if source.startswith("torchvision://"):
         import torchvision
 
@@ -59,7 +79,7 @@ def fetch_source(source: str) -> Tuple[Any, str]:
         except (ValueError, KeyError, AttributeError) as e:
             raise WeightsError(f"{source}: torchvision knows no weights named {name!r} ({e})") from e
         try:
-            return weights.get_state_dict(progress=True, check_hash=True), "torchvision"
+            return FetchedWeights("torchvision", state=weights.get_state_dict(progress=True, check_hash=True))
         except Exception as e:
             raise WeightsError(
                 f"could not fetch {source} ({e}). Without network access, save "
@@ -72,11 +92,11 @@ def fetch_source(source: str) -> Tuple[Any, str]:
         except ImportError as e:
             raise WeightsError(f"{source} needs timm: pip install timm (or pass a saved timm checkpoint file)") from e
         try:
-            return timm.create_model(source[len("timm://"):], pretrained=True).state_dict(), "timm"
+            return FetchedWeights("timm", state=timm.create_model(source[len("timm://"):], pretrained=True).state_dict())
         except Exception as e:
             raise WeightsError(f"could not fetch {source} through timm ({e})") from e
     if source.startswith("detectron2://"):
-        return _download(DETECTRON2_PREFIX + source[len("detectron2://"):]), "auto"
+        return FetchedWeights("auto", path=_download(DETECTRON2_PREFIX + source[len("detectron2://"):]))
     if source.startswith(("https://", "http://")):
-        return _download(source), "auto"
-    return source, "auto"
+        return FetchedWeights("auto", path=_download(source))
+    return FetchedWeights("auto", path=source)

@@ -15,7 +15,6 @@ __all__ = [
     "MSRA_CONVENTIONS",
     "FAIR_RESNEXT_CONVENTIONS",
     "VGG_CONVENTIONS",
-    "WeightsError",
     "known_conventions",
     "check_stride_convention",
 ]

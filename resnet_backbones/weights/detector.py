@@ -29,7 +29,7 @@ from typing import Callable, Dict, List, Tuple
 
 import torch
 
-from .formats import WeightsError
+from ..errors import WeightsError
 
 __all__ = ["DetectorWeights", "detector_layout", "to_torchvision", "to_detectron2", "num_classes_of"]
 
@@ -69,35 +69,43 @@ def num_classes_of(state: Dict[str, torch.Tensor], layout: str) -> int:
     return int(w.shape[0]) - 1
 
 
-def _rules_d2_to_tv(n_conv: int) -> List[Tuple[re.Pattern, Callable[[re.Match], str]]]:
-    def box_conv(m):
-        return f"roi_heads.box_head.{int(m.group(1)) - 1}.{'1.' + m.group(3) if m.group(2) else '0.' + m.group(3)}"
+# Modules that only change name, leaves weight and bias: (detectron2 name, torchvision-engine name).
+_RENAMED = (
+    ("proposal_generator.rpn_head.conv", "rpn.head.conv.0.0"),
+    ("proposal_generator.rpn_head.objectness_logits", "rpn.head.cls_logits"),
+    ("proposal_generator.rpn_head.anchor_deltas", "rpn.head.bbox_pred"),
+    ("roi_heads.mask_head.deconv", "roi_heads.mask_predictor.conv5_mask"),
+    ("roi_heads.mask_head.predictor", "roi_heads.mask_predictor.mask_fcn_logits"),
+)
+# Keys named the same in both layouts.
+_SAME = (re.compile(r"^backbone\..+$"), re.compile(r"^roi_heads\.box_predictor\.(cls_score|bbox_pred)\.(weight|bias)$"),
+         _RES5)
 
-    def mask_conv(m):
-        return f"roi_heads.mask_head.{int(m.group(1)) - 1}.{'1.' + m.group(3) if m.group(2) else '0.' + m.group(3)}"
+_Rules = List[Tuple[re.Pattern, Callable[[re.Match], str]]]
 
-    return [
-        (re.compile(r"^backbone\.(.+)$"), lambda m: "backbone." + m.group(1)),
-        (re.compile(r"^proposal_generator\.rpn_head\.conv\.(weight|bias)$"), lambda m: "rpn.head.conv.0.0." + m.group(1)),
-        (re.compile(r"^proposal_generator\.rpn_head\.objectness_logits\.(weight|bias)$"),
-         lambda m: "rpn.head.cls_logits." + m.group(1)),
-        (re.compile(r"^proposal_generator\.rpn_head\.anchor_deltas\.(weight|bias)$"),
-         lambda m: "rpn.head.bbox_pred." + m.group(1)),
-        (re.compile(r"^roi_heads\.box_head\.conv(\d+)\.(norm\.)?(.+)$"), box_conv),
+
+def _common_rules(to_torchvision: bool) -> _Rules:
+    """The rules both directions share: ``_SAME`` kept, ``_RENAMED`` read one way or the other."""
+    rules: _Rules = [(p, lambda m: m.group(0)) for p in _SAME]
+    for d2, tv in _RENAMED:
+        src, dst = (d2, tv) if to_torchvision else (tv, d2)
+        rules.append((re.compile(rf"^{re.escape(src)}\.(weight|bias)$"), lambda m, dst=dst: f"{dst}.{m.group(1)}"))
+    return rules
+
+
+def _rules_d2_to_tv(n_conv: int) -> _Rules:
+    def conv(m):  # detectron2 {head}.{conv|mask_fcn}{k}[.norm].* -> {head}.{k-1}.{0: conv, 1: norm}.*
+        return f"{m.group(1)}.{int(m.group(2)) - 1}.{'1.' if m.group(3) else '0.'}{m.group(4)}"
+
+    return _common_rules(True) + [
+        (re.compile(r"^(roi_heads\.box_head)\.conv(\d+)\.(norm\.)?(.+)$"), conv),
+        (re.compile(r"^(roi_heads\.mask_head)\.mask_fcn(\d+)\.(norm\.)?(.+)$"), conv),
         (re.compile(r"^roi_heads\.box_head\.fc(\d+)\.(weight|bias)$"),
          lambda m: f"roi_heads.box_head.{n_conv + 2 * int(m.group(1)) - 1}.{m.group(2)}"),
-        (re.compile(r"^roi_heads\.box_predictor\.(cls_score|bbox_pred)\.(weight|bias)$"),
-         lambda m: f"roi_heads.box_predictor.{m.group(1)}.{m.group(2)}"),
-        (re.compile(r"^roi_heads\.mask_head\.mask_fcn(\d+)\.(norm\.)?(.+)$"), mask_conv),
-        (re.compile(r"^roi_heads\.mask_head\.deconv\.(weight|bias)$"),
-         lambda m: "roi_heads.mask_predictor.conv5_mask." + m.group(1)),
-        (re.compile(r"^roi_heads\.mask_head\.predictor\.(weight|bias)$"),
-         lambda m: "roi_heads.mask_predictor.mask_fcn_logits." + m.group(1)),
-        (_RES5, lambda m: m.group(0)),
     ]
 
 
-def _rules_tv_to_d2(n_conv: int) -> List[Tuple[re.Pattern, Callable[[re.Match], str]]]:
+def _rules_tv_to_d2(n_conv: int) -> _Rules:
     def box_module(m):
         i, sub, leaf = int(m.group(1)), m.group(2), m.group(3)
         if i < n_conv:
@@ -106,23 +114,10 @@ def _rules_tv_to_d2(n_conv: int) -> List[Tuple[re.Pattern, Callable[[re.Match], 
             raise WeightsError(f"roi_heads.box_head.{m.group(0)} is not a conv or FC of the box head")
         return f"roi_heads.box_head.fc{(i - n_conv + 1) // 2}.{leaf}"
 
-    return [
-        (re.compile(r"^backbone\.(.+)$"), lambda m: "backbone." + m.group(1)),
-        (re.compile(r"^rpn\.head\.conv\.0\.0\.(weight|bias)$"), lambda m: "proposal_generator.rpn_head.conv." + m.group(1)),
-        (re.compile(r"^rpn\.head\.cls_logits\.(weight|bias)$"),
-         lambda m: "proposal_generator.rpn_head.objectness_logits." + m.group(1)),
-        (re.compile(r"^rpn\.head\.bbox_pred\.(weight|bias)$"),
-         lambda m: "proposal_generator.rpn_head.anchor_deltas." + m.group(1)),
+    return _common_rules(False) + [
         (re.compile(r"^roi_heads\.box_head\.(\d+)\.(?:(0|1)\.)?(.+)$"), box_module),
-        (re.compile(r"^roi_heads\.box_predictor\.(cls_score|bbox_pred)\.(weight|bias)$"),
-         lambda m: f"roi_heads.box_predictor.{m.group(1)}.{m.group(2)}"),
         (re.compile(r"^roi_heads\.mask_head\.(\d+)\.(0|1)\.(.+)$"),
          lambda m: f"roi_heads.mask_head.mask_fcn{int(m.group(1)) + 1}.{'norm.' if m.group(2) == '1' else ''}{m.group(3)}"),
-        (re.compile(r"^roi_heads\.mask_predictor\.conv5_mask\.(weight|bias)$"),
-         lambda m: "roi_heads.mask_head.deconv." + m.group(1)),
-        (re.compile(r"^roi_heads\.mask_predictor\.mask_fcn_logits\.(weight|bias)$"),
-         lambda m: "roi_heads.mask_head.predictor." + m.group(1)),
-        (_RES5, lambda m: m.group(0)),
     ]
 
 

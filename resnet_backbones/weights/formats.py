@@ -17,27 +17,17 @@ import os
 import pickle
 import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
 
-from .conventions import (  # noqa: F401  (re-exported)
-    FAIR_RESNEXT_CONVENTIONS,
-    MSRA_CONVENTIONS,
-    TORCHVISION_CONVENTIONS,
-    Conventions,
-    WeightsError,
-)
+from ..errors import WeightsError
+from .conventions import FAIR_RESNEXT_CONVENTIONS, MSRA_CONVENTIONS, TORCHVISION_CONVENTIONS, Conventions
 
 __all__ = [
-    "Conventions",
-    "TORCHVISION_CONVENTIONS",
-    "MSRA_CONVENTIONS",
-    "FAIR_RESNEXT_CONVENTIONS",
     "FORMATS",
     "Weights",
-    "WeightsError",
     "RestrictedUnpickler",
     "load_pickle",
     "load_file",
@@ -149,77 +139,72 @@ def _to_tensor(name: str, value: Any) -> torch.Tensor:
     raise WeightsError(f"entry {name!r} is a {type(value).__name__}, not an array")
 
 
+def _rename_body(state: Dict[str, torch.Tensor], name_of: Callable[[str], Optional[str]], what: str) -> Dict[str, torch.Tensor]:
+    """``state`` under the names ``name_of`` gives; a key it has no name for (None) is an error naming ``what``."""
+    body, unknown = {}, []
+    for k, v in state.items():
+        name = name_of(k)
+        if name is None:
+            unknown.append(k)
+        else:
+            body[name] = v
+    if unknown:
+        raise WeightsError(f"{len(unknown)} {what}: {sorted(unknown)[:20]}")
+    return body
+
+
 _TV_RE = re.compile(r"^layer(\d)\.(\d+)\.(conv\d|bn\d|downsample\.[01])\.(.+)$")
+_TV_LAYER = {"downsample.0": "shortcut", "downsample.1": "shortcut.norm"}
 
 
-def _from_torchvision(state: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], List[str]]:
+def _torchvision_name(k: str) -> Optional[str]:
+    if k.startswith("fc."):
+        return "linear." + k[3:]
+    if k.startswith("conv1."):
+        return "stem.conv1." + k[6:]
+    if k.startswith("bn1."):
+        return "stem.conv1.norm." + k[4:]
+    m = _TV_RE.match(k)
+    if not m:
+        return None
+    stage, block, layer, leaf = m.groups()
+    layer = _TV_LAYER.get(layer) or (f"conv{layer[2:]}.norm" if layer.startswith("bn") else layer)
+    return f"res{int(stage) + 1}.{block}.{layer}.{leaf}"
+
+
+def _from_torchvision(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     if "conv1.0.weight" in state:
         raise WeightsError(
             "this checkpoint has a deep (3-conv) stem, as timm's ResNet-D variants (resnet50d, ...); "
             "those bodies are not the paper's ResNet and are not supported"
         )
-    body, unknown = {}, []
-    for k, v in state.items():
-        if k.startswith("fc."):
-            body["linear." + k[3:]] = v
-        elif k.startswith("conv1."):
-            body["stem.conv1." + k[6:]] = v
-        elif k.startswith("bn1."):
-            body["stem.conv1.norm." + k[4:]] = v
-        else:
-            m = _TV_RE.match(k)
-            if not m:
-                unknown.append(k)
-                continue
-            stage, block, layer, leaf = m.groups()
-            prefix = f"res{int(stage) + 1}.{block}."
-            if layer.startswith("conv"):
-                name = prefix + f"{layer}.{leaf}"
-            elif layer.startswith("bn"):
-                name = prefix + f"conv{layer[2:]}.norm.{leaf}"
-            elif layer == "downsample.0":
-                name = prefix + f"shortcut.{leaf}"
-            else:
-                name = prefix + f"shortcut.norm.{leaf}"
-            body[name] = v
-    if unknown:
-        raise WeightsError(f"{len(unknown)} keys are not torchvision ResNet names: {sorted(unknown)[:20]}")
-    return body, []
+    return _rename_body(state, _torchvision_name, "keys are not torchvision ResNet names")
 
 
+_C2_NAMES = {"fc1000_w": "linear.weight", "fc1000_b": "linear.bias", "conv1_w": "stem.conv1.weight",
+             "res_conv1_bn_s": "stem.conv1.norm.weight", "res_conv1_bn_b": "stem.conv1.norm.bias",
+             "conv1_gn_s": "stem.conv1.norm.weight", "conv1_gn_b": "stem.conv1.norm.bias"}
 _C2_RE = re.compile(r"^res(\d)_(\d+)_branch(1|2a|2b|2c)_(w|bn_s|bn_b|gn_s|gn_b)$")
 _C2_LAYER = {"1": "shortcut", "2a": "conv1", "2b": "conv2", "2c": "conv3"}
 _C2_LEAF = {"w": "weight", "bn_s": "norm.weight", "bn_b": "norm.bias", "gn_s": "norm.weight", "gn_b": "norm.bias"}
 
 
+def _caffe2_name(k: str) -> Optional[str]:
+    if k in _C2_NAMES:
+        return _C2_NAMES[k]
+    m = _C2_RE.match(k)
+    if not m:
+        return None
+    stage, block, branch, leaf = m.groups()
+    return f"res{stage}.{block}.{_C2_LAYER[branch]}.{_C2_LEAF[leaf]}"
+
+
 def _from_caffe2(state: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], List[str]]:
-    body, unknown, dropped = {}, [], []
-    affine = []  # norm prefixes stored as caffe2 AffineChannel (scale and bias only)
-    for k, v in state.items():
-        if k.endswith("_momentum"):
-            dropped.append(k)
-            continue
-        if k in ("fc1000_w", "fc1000_b"):
-            body["linear." + ("weight" if k.endswith("w") else "bias")] = v
-            continue
-        stem = {"conv1_w": "stem.conv1.weight", "res_conv1_bn_s": "stem.conv1.norm.weight",
-                "res_conv1_bn_b": "stem.conv1.norm.bias", "conv1_gn_s": "stem.conv1.norm.weight",
-                "conv1_gn_b": "stem.conv1.norm.bias"}.get(k)
-        if stem:
-            name = stem
-        else:
-            m = _C2_RE.match(k)
-            if not m:
-                unknown.append(k)
-                continue
-            stage, block, branch, leaf = m.groups()
-            name = f"res{stage}.{block}.{_C2_LAYER[branch]}.{_C2_LEAF[leaf]}"
-        body[name] = v
-        if k.endswith("bn_s"):
-            affine.append(name[: -len("weight")])
-    if unknown:
-        raise WeightsError(f"{len(unknown)} blobs are not caffe2 ResNet names: {sorted(unknown)[:20]}")
-    for prefix in affine:
+    dropped = [k for k in state if k.endswith("_momentum")]
+    body = _rename_body({k: v for k, v in state.items() if not k.endswith("_momentum")}, _caffe2_name,
+                   "blobs are not caffe2 ResNet names")
+    for prefix in [_caffe2_name(k)[: -len("weight")] for k in state if k.endswith("bn_s")]:
+        # a norm stored as caffe2 AffineChannel (scale and bias only)
         channels = body[prefix + "weight"].shape[0]
         body[prefix + "running_mean"] = torch.zeros(channels)
         # detectron2's FrozenBatchNorm2d loads AffineChannel blobs (no statistics) with running_var = 1,
@@ -290,7 +275,7 @@ def parse_weights(obj: Any, *, format: str = "auto", source: str = "") -> Weight
     extra: Dict[str, torch.Tensor] = {}
     conventions: Optional[Conventions] = None
     if fmt in ("torchvision", "timm"):
-        body, more = _from_torchvision(state)
+        body, more = _from_torchvision(state), []
         conventions = TORCHVISION_CONVENTIONS
     elif fmt == "caffe2":
         body, more = _from_caffe2(state)

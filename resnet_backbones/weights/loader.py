@@ -7,13 +7,15 @@ from typing import Any, Dict, List, Optional, Union
 import torch
 from torch import nn
 
+from ..errors import WeightsError
 from ..modeling.fpn import FPN
 from ..modeling.resnet import ResNet
 from .catalog import fetch_source
 from .conventions import Conventions, check_stride_convention
-from .formats import Weights, WeightsError, load_file, parse_weights
+from .fit import check_fit
+from .formats import Weights, parse_weights
 
-__all__ = ["LoadReport", "read_weights", "load_backbone_weights", "match_body_state", "check_stride_convention"]
+__all__ = ["LoadReport", "read_weights", "load_backbone_weights", "match_body_state", "match_res5_head_state"]
 
 logger = logging.getLogger(__name__)
 
@@ -22,10 +24,8 @@ def read_weights(source: Union[str, Dict[str, Any]], *, format: str = "auto") ->
     """Read ``source`` (a path, a named source, or an in-memory state dict) and rename it to our names."""
     if isinstance(source, dict):
         return parse_weights(source, format=format, source="<state dict>")
-    obj, hint = fetch_source(source)
-    if isinstance(obj, str):
-        obj = load_file(obj)
-    return parse_weights(obj, format=hint if format == "auto" else format, source=source)
+    fetched = fetch_source(source)
+    return parse_weights(fetched.load(), format=fetched.format if format == "auto" else format, source=source)
 
 
 @dataclass
@@ -79,19 +79,20 @@ def match_body_state(body: ResNet, weights: Weights):
         elif re.fullmatch(r"res[2-5]", head) and head not in built_stages:
             dropped.append(k)
             del src[k]
-    missing = sorted(set(target) - set(src))
-    unused = sorted(set(src) - set(target))
-    if missing or unused:
-        raise WeightsError(
-            f"{weights.source or 'checkpoint'} does not fit this ResNet-{getattr(body, 'depth', '?')} body: "
-            f"{len(missing)} missing {missing[:12]}{' ...' if len(missing) > 12 else ''}; "
-            f"{len(unused)} unused {unused[:12]}{' ...' if len(unused) > 12 else ''}. "
-            "Check depth, num_groups/width_per_group and norm against the checkpoint."
-        )
-    bad = [f"{k}: checkpoint {tuple(src[k].shape)} vs model {tuple(target[k].shape)}"
-           for k in target if src[k].shape != target[k].shape]
-    if bad:
-        raise WeightsError(f"{len(bad)} shapes differ (depth, num_groups, width_per_group?): {bad[:8]}")
+
+    def message(fit):
+        missing, unused = fit.missing, fit.unexpected
+        if missing or unused:
+            return (
+                f"{weights.source or 'checkpoint'} does not fit this ResNet-{getattr(body, 'depth', '?')} body: "
+                f"{len(missing)} missing {missing[:12]}{' ...' if len(missing) > 12 else ''}; "
+                f"{len(unused)} unused {unused[:12]}{' ...' if len(unused) > 12 else ''}. "
+                "Check depth, num_groups/width_per_group and norm against the checkpoint."
+            )
+        bad = [f"{k}: checkpoint {s} vs model {t}" for k, s, t in fit.mismatched]
+        return f"{len(bad)} shapes differ (depth, num_groups, width_per_group?): {bad[:8]}"
+
+    check_fit(src, target, message)
     return src, dropped
 
 
@@ -105,16 +106,17 @@ def match_res5_head_state(head: nn.Module, weights: Weights, prefix: str = "roi_
     check_stride_convention(weights.conventions, stride_in_1x1, weights.source)
     target = {k: v for k, v in head.state_dict().items() if not k.endswith("num_batches_tracked")}
     src = {k[len("res5."):]: v for k, v in weights.body.items() if k.startswith("res5.")}
-    missing, unused = sorted(set(target) - set(src)), sorted(set(src) - set(target))
-    if missing or unused:
-        raise WeightsError(
-            f"{weights.source or 'checkpoint'} does not fit the res5 head (MODEL.ROI_HEADS.NAME Res5ROIHeads): "
-            f"{len(missing)} missing {[prefix + k for k in missing[:8]]}, {len(unused)} unused "
-            f"{['res5.' + k for k in unused[:8]]}. Check depth, num_groups/width_per_group and norm.")
-    bad = [f"{prefix}{k}: checkpoint {tuple(src[k].shape)} vs model {tuple(target[k].shape)}"
-           for k in target if src[k].shape != target[k].shape]
-    if bad:
-        raise WeightsError(f"{len(bad)} res5 head shapes differ (depth, num_groups, width_per_group?): {bad[:8]}")
+
+    def message(fit):
+        missing, unused = fit.missing, fit.unexpected
+        if missing or unused:
+            return (f"{weights.source or 'checkpoint'} does not fit the res5 head (MODEL.ROI_HEADS.NAME Res5ROIHeads): "
+                    f"{len(missing)} missing {[prefix + k for k in missing[:8]]}, {len(unused)} unused "
+                    f"{['res5.' + k for k in unused[:8]]}. Check depth, num_groups/width_per_group and norm.")
+        bad = [f"{prefix}{k}: checkpoint {s} vs model {t}" for k, s, t in fit.mismatched]
+        return f"{len(bad)} res5 head shapes differ (depth, num_groups, width_per_group?): {bad[:8]}"
+
+    check_fit(src, target, message)
     return {prefix + k: src[k] for k in target}
 
 
@@ -151,12 +153,14 @@ def load_backbone_weights(
         fpn_src = {k[len("backbone."):]: v for k, v in weights.extra.items()
                    if k.startswith("backbone.") and k[len("backbone."):] in fpn_target}
         if fpn_src:
-            missing = sorted(set(fpn_target) - set(fpn_src))
-            if missing:
-                raise WeightsError(f"the checkpoint has FPN weights but lacks {missing}")
-            bad = [k for k in fpn_src if fpn_src[k].shape != fpn_target[k].shape]
-            if bad:
-                raise WeightsError(f"FPN shapes differ for {bad}")
+
+            def message(fit):
+                if fit.missing:
+                    return f"the checkpoint has FPN weights but lacks {fit.missing}"
+                differ = {k for k, _, _ in fit.mismatched}
+                return f"FPN shapes differ for {[k for k in fpn_src if k in differ]}"  # in the checkpoint's order
+
+            check_fit(fpn_src, fpn_target, message)
             fpn.load_state_dict(fpn_src, strict=False)
             fpn_loaded = True
         dropped.extend(k for k in weights.extra if k[len("backbone."):] not in fpn_src)

@@ -13,14 +13,15 @@ from typing import Any, Dict, List, Optional
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, WeightsError
 from ..modeling.vgg import VGG
 from .catalog import fetch_source
-from .conventions import known_conventions
+from .conventions import VGG_CONVENTIONS, known_conventions
 from .detector import detector_layout, num_classes_of, to_detectron2, to_torchvision
-from .formats import WeightsError, load_file, parse_weights
+from .fit import check_fit
+from .formats import parse_weights
 from .loader import match_body_state, match_res5_head_state
-from .vgg import VGG_CONVENTIONS, match_vgg_state
+from .vgg import match_vgg_state
 
 __all__ = ["ResolvedWeights", "check_cfg_conventions", "resolve_model_weights", "load_model_weights"]
 
@@ -80,17 +81,15 @@ def _check_fits(state: Dict[str, torch.Tensor], model_state: Dict[str, torch.Ten
             f"{cfg.MODEL.ROI_HEADS.NUM_CLASSES}: set MODEL.ROI_HEADS.NUM_CLASSES {state[key].shape[0] - 1}, or "
             "train from a backbone checkpoint instead"
         )
-    wanted = {k for k in model_state if not k.endswith("num_batches_tracked")}
-    missing = sorted(wanted - set(state))
-    unexpected = sorted(set(state) - set(model_state))
-    bad = [f"{k}: {tuple(state[k].shape)} vs {tuple(model_state[k].shape)}"
-           for k in wanted & set(state) if state[k].shape != model_state[k].shape]
-    if missing or unexpected or bad:
-        raise WeightsError(
-            f"{source} is a detector checkpoint that does not fit this config: {len(missing)} missing "
-            f"{missing[:8]}, {len(unexpected)} unexpected {unexpected[:8]}, shapes {bad[:8]} "
-            "(different depth, FPN/head sizes, MODEL.MASK_ON, or ROI_BOX_HEAD.NUM_CONV/NUM_FC?)"
-        )
+    wanted = {k: v for k, v in model_state.items() if not k.endswith("num_batches_tracked")}
+
+    def message(fit):
+        bad = [f"{k}: {s} vs {t}" for k, s, t in fit.mismatched]
+        return (f"{source} is a detector checkpoint that does not fit this config: {len(fit.missing)} missing "
+                f"{fit.missing[:8]}, {len(fit.unexpected)} unexpected {fit.unexpected[:8]}, shapes {bad[:8]} "
+                "(different depth, FPN/head sizes, MODEL.MASK_ON, or ROI_BOX_HEAD.NUM_CONV/NUM_FC?)")
+
+    check_fit(state, wanted, message, known=model_state)
 
 
 def resolve_model_weights(model: nn.Module, cfg, *, layout: str, source: Optional[str] = None) -> ResolvedWeights:
@@ -101,9 +100,8 @@ def resolve_model_weights(model: nn.Module, cfg, *, layout: str, source: Optiona
         return ResolvedWeights("none", summary="MODEL.WEIGHTS is empty: random initialisation")
     # Conventions of a named source are known before downloading it: fail before the download.
     check_cfg_conventions(cfg, known_conventions(source))
-    obj, hint = fetch_source(source)
-    if isinstance(obj, str):
-        obj = load_file(obj)
+    fetched = fetch_source(source)
+    obj = fetched.load()
     state = obj.get("model", obj) if isinstance(obj, dict) else obj
     if not isinstance(state, dict):
         raise WeightsError(f"{source}: expected a state dict (or {{'model': state dict}}), got {type(state).__name__}")
@@ -136,7 +134,7 @@ def resolve_model_weights(model: nn.Module, cfg, *, layout: str, source: Optiona
                    + (", fc6 and fc7 as the box head" if box_head is not None else "")
                    + f"); dropped on purpose: {dropped}")
         return ResolvedWeights("backbone", out, {}, dropped, summary)
-    weights = parse_weights(obj, format=hint if fmt == "auto" else fmt, source=source)
+    weights = parse_weights(obj, format=fetched.format if fmt == "auto" else fmt, source=source)
     check_cfg_conventions(cfg, weights.conventions)
     prefix = _body_prefix(model)
     tensors, dropped = match_body_state(model.backbone.bottom_up if prefix.endswith("bottom_up.") else model.backbone,

@@ -17,11 +17,10 @@ from typing import Dict, List, Mapping, Tuple
 import torch
 from torch import nn
 
+from ..errors import WeightsError
 from ..modeling.vgg import VGG, VGG_DEPTHS
-from .conventions import VGG_CONVENTIONS
-from .formats import WeightsError
 
-__all__ = ["VGG_CONVENTIONS", "is_torchvision_vgg", "match_vgg_state"]
+__all__ = ["is_torchvision_vgg", "match_vgg_state"]
 
 _KEY = re.compile(r"^(features|classifier)\.(\d+)\.(weight|bias)$")
 
