@@ -52,7 +52,7 @@ def main(argv=None) -> int:
             det = convert(state, args.source) if args.to != layout else None
             out_state = det.state if det else {k: torch.as_tensor(v) for k, v in state.items()}
             n = save_detector(out_state, args.output, layout=args.to)
-            print(f"wrote {n} tensors: a {layout} detector of {num_classes_of(out_state, args.to)} classes in the "
+            print(f"wrote {n} tensors: a {layout} detector of {num_classes_of(out_state)} classes in the "
                   f"{args.to} layout, to {args.output}")
             for k in det.dropped if det else []:
                 print(f"dropped on purpose: {k}")

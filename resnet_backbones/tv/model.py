@@ -1,4 +1,4 @@
-"""torchvision engine: Faster R-CNN / Mask R-CNN (torchvision's GeneralizedRCNN; FPN, C4 or DC5) built from a
+"""torchvision engine: Faster R-CNN / Mask R-CNN (torchvision's GeneralizedRCNN; FPN, C4, DC5 or VGG-16) built from a
 detectron2-style cfg.
 
 This module only translates the cfg, with one builder per part as detectron2 has a ``from_config`` per

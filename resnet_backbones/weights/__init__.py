@@ -1,6 +1,6 @@
 """ImageNet / detectron2 weights into the stages, from every common format (see formats.py)."""
 from ..errors import WeightsError
-from .catalog import cache_dir, fetch_source, is_named_source
+from .catalog import cache_dir, fetch_source
 from .conventions import (FAIR_RESNEXT_CONVENTIONS, MSRA_CONVENTIONS, TORCHVISION_CONVENTIONS, Conventions,
                           check_stride_convention)
 from .convert import save_converted

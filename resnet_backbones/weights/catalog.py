@@ -19,10 +19,9 @@ from ..errors import WeightsError
 from .conventions import known_conventions  # noqa: F401  (re-exported)
 from .formats import load_file
 
-__all__ = ["DETECTRON2_PREFIX", "FetchedWeights", "cache_dir", "fetch_source", "is_named_source", "known_conventions"]
+__all__ = ["DETECTRON2_PREFIX", "FetchedWeights", "cache_dir", "fetch_source", "known_conventions"]
 
 DETECTRON2_PREFIX = "https://dl.fbaipublicfiles.com/detectron2/"
-_SCHEMES = ("torchvision://", "detectron2://", "timm://", "https://", "http://")
 
 
 @dataclass(frozen=True)
@@ -45,10 +44,6 @@ class FetchedWeights:
 
 def cache_dir() -> str:
     return os.environ.get("RESNET_BACKBONES_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "resnet_backbones"))
-
-
-def is_named_source(source: str) -> bool:
-    return source.startswith(_SCHEMES)
 
 
 def _download(url: str) -> str:

@@ -61,8 +61,8 @@ def _count(state, pattern: str) -> int:
     return len({r.match(k).group(1) for k in state if r.match(k)})
 
 
-def num_classes_of(state: Dict[str, torch.Tensor], layout: str) -> int:
-    """Foreground classes of a detector state dict (cls_score rows minus the background)."""
+def num_classes_of(state: Dict[str, torch.Tensor]) -> int:
+    """Foreground classes of a detector state dict of either layout (cls_score rows minus the background)."""
     w = state.get("roi_heads.box_predictor.cls_score.weight")
     if w is None:
         raise WeightsError("the detector checkpoint has no roi_heads.box_predictor.cls_score.weight")
@@ -111,7 +111,7 @@ def _rules_tv_to_d2(n_conv: int) -> _Rules:
         if i < n_conv:
             return f"roi_heads.box_head.conv{i + 1}.{'norm.' if sub == '1' else ''}{leaf}"
         if sub is not None or (i - n_conv) % 2 != 1:
-            raise WeightsError(f"roi_heads.box_head.{m.group(0)} is not a conv or FC of the box head")
+            raise WeightsError(f"{m.group(0)} is not a conv or FC of the box head")
         return f"roi_heads.box_head.fc{(i - n_conv + 1) // 2}.{leaf}"
 
     return _common_rules(False) + [
@@ -149,14 +149,14 @@ def to_torchvision(state: Dict[str, torch.Tensor], source: str = "checkpoint") -
             out[k] = torch.cat([out[k][-1:], out[k][:-1]])
         k = f"roi_heads.box_predictor.bbox_pred.{leaf}"
         if k in out:
-            c = num_classes_of(state, "detectron2")
+            c = num_classes_of(state)
             if out[k].shape[0] != 4 * c:
                 raise WeightsError(f"{source}: bbox_pred has {out[k].shape[0]} rows for {c} classes; class-agnostic "
                                    "box regression (MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG) is not supported")
             out[k] = torch.cat([torch.zeros_like(out[k][:4]), out[k]])
         k = f"roi_heads.mask_predictor.mask_fcn_logits.{leaf}"
         if k in out:
-            c = num_classes_of(state, "detectron2")
+            c = num_classes_of(state)
             if out[k].shape[0] != c:
                 raise WeightsError(f"{source}: the mask predictor has {out[k].shape[0]} channels for {c} classes; "
                                    "class-agnostic masks (MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK) are not supported")

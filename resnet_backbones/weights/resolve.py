@@ -117,7 +117,7 @@ def resolve_model_weights(model: nn.Module, cfg, *, layout: str, source: Optiona
             dropped = []
         _check_fits(state, model_state, cfg, source)
         extra = {k: v for k, v in obj.items() if k != "model"} if found == layout and "model" in obj else {}
-        n = num_classes_of(state, layout)
+        n = num_classes_of(state)
         summary = (f"{source}: {found} detector checkpoint ({n} classes)"
                    + (f" converted to the {layout} layout" if found != layout else "")
                    + f", {len(state)} tensors" + (f"; dropped on purpose: {dropped}" if dropped else ""))
