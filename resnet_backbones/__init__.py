@@ -11,6 +11,7 @@ from .modeling import (  # noqa: F401
 )
 
 from .config import add_resnet_backbones_config, get_cfg  # noqa: F401
+from .predictor import Detections, Predictor  # noqa: F401
 from .d2 import register_if_available as _register
 
 __version__ = "0.1.0"

@@ -22,34 +22,20 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks  # noqa: E402
 
-from resnet_backbones.config import ConfigError, load_config  # noqa: E402
-from resnet_backbones.data import DatasetError, read_image  # noqa: E402
+from resnet_backbones.config import load_config  # noqa: E402
+from resnet_backbones.data import read_image  # noqa: E402
+from resnet_backbones.errors import ConfigError, DatasetError, WeightsError  # noqa: E402
+from resnet_backbones.predictor import Detections, Predictor  # noqa: E402
 from resnet_backbones.train_net import add_dataset_argument  # noqa: E402
-from resnet_backbones.weights import WeightsError  # noqa: E402
 
 
-def class_names(cfg):
-    """The category names of DATASETS.TRAIN's json, in the model's class order (sorted by category id,
-    as both engines map them); class numbers where the dataset is not given or not there."""
-    from resnet_backbones.data import COCOInstances, get_dataset
-
-    try:
-        return COCOInstances(get_dataset(cfg.DATASETS.TRAIN[0], cfg)).class_names
-    except IndexError:
-        pass
-    except DatasetError as e:
-        print(f"warning: class names as indices: {str(e).splitlines()[0]}", file=sys.stderr)
-    return [str(i) for i in range(1, cfg.MODEL.ROI_HEADS.NUM_CLASSES + 1)]
-
-
-def draw(image_rgb: np.ndarray, out: dict, names, threshold: float) -> Image.Image:
+def draw(image_rgb: np.ndarray, detections: Detections) -> Image.Image:
     canvas = torch.from_numpy(image_rgb).permute(2, 0, 1).contiguous()
-    keep = out["scores"] >= threshold
-    if "masks" in out and keep.any():
-        canvas = draw_segmentation_masks(canvas, out["masks"][keep, 0].bool(), alpha=0.45)
-    labels = [f"{names[int(c) - 1]} {float(s):.2f}" for c, s in zip(out["labels"][keep], out["scores"][keep])]
-    if keep.any():
-        canvas = draw_bounding_boxes(canvas, out["boxes"][keep], labels=labels, width=2, colors="yellow")
+    if len(detections) and detections.masks is not None:
+        canvas = draw_segmentation_masks(canvas, detections.masks, alpha=0.45)
+    labels = [f"{n} {float(s):.2f}" for n, s in zip(detections.class_names, detections.scores)]
+    if len(detections):
+        canvas = draw_bounding_boxes(canvas, detections.boxes, labels=labels, width=2, colors="yellow")
     return Image.fromarray(canvas.permute(1, 2, 0).numpy())
 
 
@@ -59,41 +45,26 @@ def main(argv=None) -> int:
     p.add_argument("--input", nargs="+", required=True, help="image files")
     p.add_argument("--output", required=True, help="folder for the PNGs")
     p.add_argument("--confidence-threshold", type=float, default=0.5)
+    p.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default 1)")
     add_dataset_argument(p)
     p.add_argument("opts", nargs="*", help="KEY VALUE overrides (MODEL.WEIGHTS ...)")
     args = p.parse_intermixed_args(argv)
-    from resnet_backbones.tv.model import build_model, resolve_device
-    from resnet_backbones.weights.resolve import load_model_weights
-
     try:
         cfg = load_config(args.config, args.opts, use_detectron2=False, datasets=args.dataset)
-        names = class_names(cfg)
-        device = resolve_device(cfg)
-        model = build_model(cfg).to(device).eval()
-        if load_model_weights(model, cfg) != "detector":
-            raise ConfigError("MODEL.WEIGHTS must be a trained detector checkpoint (e.g. OUTPUT_DIR/model_final.pth)")
-    except (ConfigError, WeightsError) as e:
+        predictor = Predictor(cfg, batch_size=args.batch_size)
+        images = [read_image(path) for path in args.input]  # the engines' reader: EXIF orientation applied
+    except (ConfigError, WeightsError, DatasetError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     os.makedirs(args.output, exist_ok=True)
-    for path in args.input:
-        try:
-            rgb = read_image(path)  # the engines' reader: EXIF orientation applied, as detectron2's read_image
-        except DatasetError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        tensor = torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
-        if cfg.INPUT.FORMAT == "BGR":
-            tensor = tensor.flip(0)
-        with torch.no_grad():
-            out = {k: v.cpu() for k, v in model([tensor])[0].items()}
+    results = predictor.iter_predict(images, progress=len(images) > 10, total=len(images))
+    for path, rgb, detections in zip(args.input, images, results):
+        kept = detections.above(args.confidence_threshold)
         dest = os.path.join(args.output, os.path.splitext(os.path.basename(path))[0] + ".png")
-        draw(rgb, out, names, args.confidence_threshold).save(dest)
-        kept = out["scores"] >= args.confidence_threshold
-        best = zip(out["labels"][kept][:10], out["scores"][kept][:10])
-        shown = [f"{names[int(c) - 1]} {float(s):.2f}" for c, s in best]
-        found = ", ".join(shown) + (", ..." if int(kept.sum()) > len(shown) else "")  # the 10 best named
-        print(f"{path}: {int(kept.sum())} detections{f' ({found})' if found else ''} -> {dest}")
+        draw(rgb, kept).save(dest)
+        shown = [f"{n} {float(s):.2f}" for n, s in zip(kept.class_names[:10], kept.scores[:10])]
+        found = ", ".join(shown) + (", ..." if len(kept) > len(shown) else "")  # the 10 best named
+        print(f"{path}: {len(kept)} detections{f' ({found})' if found else ''} -> {dest}")
     return 0
 
 
