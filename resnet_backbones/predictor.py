@@ -5,7 +5,8 @@ demo". :class:`Predictor` is built from the same config and weights, takes many 
 them in batches of ``batch_size`` with a progress bar, and returns boxes, scores, class indices, class
 names and masks in the input image's pixels. It runs the torchvision engine's model (the one both
 engines' checkpoints load into), with the config's inference keys (OPTIMIZE_FOR_INFERENCE,
-INFERENCE_AMP) applied as in evaluation.
+INFERENCE_AMP) applied as in evaluation, or an exported TorchScript or ONNX file of it
+(:meth:`Predictor.from_export`) behind the same interface.
 
 A batch pads its images to a common size, as detectron2's batched inference does: detections near the
 bottom and right edges of a smaller image can then differ slightly from batch size 1 (the convolutions
@@ -89,26 +90,40 @@ class Predictor:
     values in RGB order. The model's INPUT.FORMAT is applied after that.
     """
 
-    def __init__(self, cfg, *, class_names: Optional[Sequence[str]] = None, batch_size: int = 1):
-        from .inference import inference_runner
-        from .tv.model import build_model, resolve_device
-        from .weights.resolve import load_model_weights
-
+    def __init__(self, cfg, *, class_names: Optional[Sequence[str]] = None, batch_size: int = 1,
+                 runner: Optional[torch.nn.Module] = None):
         if batch_size < 1:
             raise ConfigError(f"batch_size={batch_size}: use 1 or more")
         self.cfg = cfg
         self.batch_size = batch_size
-        self.device = resolve_device(cfg)
-        model = build_model(cfg).to(self.device).eval()
-        if load_model_weights(model, cfg) != "detector":
-            raise ConfigError(f"MODEL.WEIGHTS={cfg.MODEL.WEIGHTS!r} is not a trained detector checkpoint: pass "
-                              "one (e.g. OUTPUT_DIR/model_final.pth of a training run)")
-        self.model = model
-        self.runner = inference_runner(cfg, model, self.device)
+        self.runner = runner if runner is not None else self._eager_runner(cfg)
         self.class_names = list(class_names) if class_names is not None else dataset_class_names(cfg)
         if len(self.class_names) != cfg.MODEL.ROI_HEADS.NUM_CLASSES:
             raise ConfigError(f"{len(self.class_names)} class names for MODEL.ROI_HEADS.NUM_CLASSES="
                               f"{cfg.MODEL.ROI_HEADS.NUM_CLASSES}: give one name per class")
+
+    @staticmethod
+    def _eager_runner(cfg) -> torch.nn.Module:
+        from .inference import inference_runner
+        from .tv.model import build_model, resolve_device
+        from .weights.resolve import load_model_weights
+
+        device = resolve_device(cfg)
+        model = build_model(cfg).to(device).eval()
+        if load_model_weights(model, cfg) != "detector":
+            raise ConfigError(f"MODEL.WEIGHTS={cfg.MODEL.WEIGHTS!r} is not a trained detector checkpoint: pass "
+                              "one (e.g. OUTPUT_DIR/model_final.pth of a training run)")
+        return inference_runner(cfg, model, device)
+
+    @classmethod
+    def from_export(cls, export_dir: str, **kwargs) -> "Predictor":
+        """From a folder written by ``tools/export_model.py`` (TorchScript or ONNX,
+        :class:`~resnet_backbones.export.ExportedDetector`), with the class names recorded at export."""
+        from .export import ExportedDetector
+
+        exported = ExportedDetector(export_dir)
+        kwargs.setdefault("class_names", exported.class_names)
+        return cls(exported.cfg, runner=exported, **kwargs)
 
     @classmethod
     def from_config(cls, config: str, weights: str, opts: Sequence[str] = (), *, datasets: Sequence = (),

@@ -397,7 +397,8 @@ def test_amp_on_a_cpu_without_bf16_falls_back_to_fp32(monkeypatch, caplog):
 def test_expected_results_are_verified_like_detectron2_train_net():
     from detectron2.evaluation import verify_results
 
-    from resnet_backbones.tv.main import ResultsVerificationError, verify_results as ours
+    from resnet_backbones.errors import ResultsVerificationError
+    from resnet_backbones.tv.verify import verify_results as ours
 
     cfg = d2_get_cfg()
     cfg.TEST.EXPECTED_RESULTS = [["bbox", "AP", 40.0, 0.5]]

@@ -156,6 +156,21 @@ def test_ci_sized_training_learns_and_eval_only_and_demo_agree(tmp_path):
     assert demo.returncode == 0, demo.stderr[-3000:]
     assert sorted(os.listdir(tmp_path / "demo")) == ["000000.png", "000001.png"]
 
+    # The trained model exported to both formats: the same COCO AP (within 0.1) and the same boxes.
+    for fmt in ("torchscript", "onnx"):
+        export = run_tool("tools/export_model.py", "--config", QUICK, "--format", fmt, "--output",
+                          str(tmp_path / fmt), "--eval", "synthetic_shapes_val", "MODEL.WEIGHTS", str(out / "model_final.pth"))
+        assert export.returncode == 0, export.stderr[-3000:]
+        print(export.stdout)
+        rows = {line.split("|")[2].strip(): float(line.split("|")[5]) for line in export.stdout.splitlines()
+                if line.startswith("| bbox |")}
+        assert all(abs(rows[m]) <= 0.1 for m in ("AP", "AP50", "AP75")), rows
+        counts = export.stdout.split("detections: eager ")[1]
+        n_eager, n_exported = int(counts.split(",")[0]), int(counts.split(f"{fmt} ")[1].split(";")[0])
+        pairs = int(counts.split("; ")[1].split(" paired")[0])
+        largest = float(counts.split("pair: ")[1].split(" px")[0])
+        assert n_exported == n_eager == pairs and largest <= 1e-3, counts
+
 
 @pytest.mark.slow
 def test_ci_sized_training_on_a_coco_format_variant_with_80_coco_ids_learns(tmp_path):

@@ -22,7 +22,10 @@ VARIANTS = {
     "ours-ckpt-res34": ("train", "build_resnet_fpn + activation checkpointing, res3 and res4"),
 }
 DETECTOR_VARIANTS = ("d2-engine", "d2-engine-amp", "tv-engine", "tv-engine-amp")
-EVAL_VARIANTS = ("d2-engine", "tv-engine", "tv-engine-opt", "tv-engine-opt-amp", "d2-engine-opt-amp")
+EVAL_VARIANTS = ("d2-engine", "tv-engine", "tv-engine-opt", "tv-engine-opt-amp", "d2-engine-opt-amp",
+                 "tv-export-torchscript", "tv-export-onnx")
+# Exported with OPTIMIZE_FOR_INFERENCE (batch norms folded; resnet_backbones.export), run by their wrapper.
+EXPORT_FORMATS = {"tv-export-torchscript": "torchscript", "tv-export-onnx": "onnx"}
 MODES = ("inference", "train", "detector", "detector-eval")
 
 
@@ -146,17 +149,26 @@ def detector_step(variant: str, depth: int, size, batch: int, device, config: st
 def detector_eval(variant: str, depth: int, size, batch: int, device, config: str):
     """What --eval-only does per image, for ``batch`` images one at a time: preprocessing, backbone, RPN,
     box head and postprocessing, with the config's inference keys (as both engines' evaluation applies
-    them: :func:`resnet_backbones.builders.inference_runner`)."""
+    them: :func:`resnet_backbones.inference.inference_runner`)."""
     from resnet_backbones.inference import inference_runner
 
     overrides = ["INPUT.MIN_SIZE_TEST", str(min(size)), "INPUT.MAX_SIZE_TEST", str(max(size))]
-    if "-opt" in variant:
+    if "-opt" in variant or variant in EXPORT_FORMATS:
         overrides += ["MODEL.RESNET_BACKBONES.OPTIMIZE_FOR_INFERENCE", "True"]
     if variant.endswith("-amp"):
         overrides += ["MODEL.RESNET_BACKBONES.INFERENCE_AMP", "True"]
     model, cfg = _build_detector(variant[:2], depth, device, config, overrides)
     model.eval()
-    runner = inference_runner(cfg, model, device)
+    if variant in EXPORT_FORMATS:
+        import tempfile
+
+        from resnet_backbones.export import ExportedDetector, export_detector
+
+        folder = tempfile.mkdtemp(prefix="rb_export_")
+        export_detector(cfg, model, folder, EXPORT_FORMATS[variant])
+        runner = ExportedDetector(folder)
+    else:
+        runner = inference_runner(cfg, model, device)
     images = [(torch.rand(3, *size) * 255).to(device) for _ in range(batch)]
     inputs = [[{"image": im, "height": size[0], "width": size[1]}] if variant.startswith("d2") else [im]
               for im in images]
@@ -176,6 +188,10 @@ def describe(variant: str, mode: str, device, native_bf16: bool) -> tuple:
     half = "fp16" if device.type == "cuda" else ("bf16" if native_bf16 else "bf16 (emulated)")
     full = "fp32 (TF32 convs)" if device.type == "cuda" else "fp32"
     dtype = f"{half} autocast" if amp else full
+    if variant in EXPORT_FORMATS:
+        runtime = "TorchScript" if EXPORT_FORMATS[variant] == "torchscript" else "ONNX in onnxruntime"
+        fmt = "NHWC backbone" if EXPORT_FORMATS[variant] == "torchscript" else "onnxruntime's"
+        return f"torchvision engine exported: {runtime} (OPTIMIZE_FOR_INFERENCE)", dtype, fmt, "no"
     if mode.startswith("detector"):
         engine = "detectron2 engine" if variant.startswith("d2") else "torchvision engine"
         if "-opt" in variant:

@@ -40,8 +40,7 @@ class MultiLevelRoIAlign(nn.Module):
         level = (level.clamp(self.min_level, self.max_level) - self.min_level).to(torch.int64)
         out = x[0].new_zeros((rois.shape[0], x[0].shape[1]) + self.output_size)
         for i, (feature, scale) in enumerate(zip(x, self.scales)):
-            idx = torch.where(level == i)[0]
-            if idx.numel():
-                out[idx] = roi_align(feature, rois[idx].to(feature.dtype), self.output_size, scale,
-                                     self.sampling_ratio, self.aligned).to(out.dtype)
+            idx = torch.where(level == i)[0]  # possibly empty: no data-dependent branch, so traceable
+            out[idx] = roi_align(feature, rois[idx].to(feature.dtype), self.output_size, scale,
+                                 self.sampling_ratio, self.aligned).to(out.dtype)
         return out

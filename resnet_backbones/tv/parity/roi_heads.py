@@ -7,12 +7,19 @@ import torch.nn.functional as F
 from fvcore.nn import weight_init
 from torch import nn
 from torchvision.models.detection.roi_heads import RoIHeads
-from torchvision.ops import batched_nms, clip_boxes_to_image
+from torchvision.ops import batched_nms
 
 from .masks import mask_targets_like_detectron2
 from .precision import at_least_float32
+from .tracing import clip_boxes
 
 __all__ = ["Detectron2ROIHeads", "Detectron2Res5ROIHeads", "init_heads_like_detectron2"]
+
+
+def _per_image(x: torch.Tensor, boxes: List[torch.Tensor]) -> List[torch.Tensor]:
+    """``x``'s rows split by image, as many as each image has boxes. One image takes all rows without
+    a split, so a traced graph of one image does not freeze the example's count."""
+    return [x] if len(boxes) == 1 else list(x.split([len(b) for b in boxes]))
 
 
 class Detectron2ROIHeads(RoIHeads):
@@ -100,12 +107,11 @@ class Detectron2ROIHeads(RoIHeads):
         boxes_all = self.box_coder.decode(box_regression.float(), proposals).view(-1, num_classes, 4)
         scores_all = F.softmax(class_logits.float(), -1)
         out_boxes, out_scores, out_labels = [], [], []
-        for boxes, scores, shape in zip(boxes_all.split([len(p) for p in proposals]),
-                                        scores_all.split([len(p) for p in proposals]), image_shapes):
+        for boxes, scores, shape in zip(_per_image(boxes_all, proposals), _per_image(scores_all, proposals),
+                                        image_shapes):
             valid = torch.isfinite(boxes).all(dim=2).all(dim=1) & torch.isfinite(scores).all(dim=1)
-            if not valid.all():
-                boxes, scores = boxes[valid], scores[valid]
-            boxes = clip_boxes_to_image(boxes, shape)[:, 1:]  # background is class 0 here
+            boxes, scores = boxes[valid], scores[valid]  # no data-dependent branch: traceable
+            boxes = clip_boxes(boxes, shape)[:, 1:]  # background is class 0 here
             scores = scores[:, 1:]
             keep_mask = scores > self.score_thresh
             inds = keep_mask.nonzero()
@@ -140,8 +146,7 @@ class Detectron2ROIHeads(RoIHeads):
     def attach_mask_probs(result, mask_logits) -> None:
         """``mask_rcnn_inference``: the sigmoid of each detection's own class channel, as ``masks``."""
         probs = mask_logits.float().sigmoid()
-        counts = [len(r["boxes"]) for r in result]
-        for p, r in zip(probs.split(counts), result):
+        for p, r in zip(_per_image(probs, [r["boxes"] for r in result]), result):
             r["masks"] = p[torch.arange(len(p), device=p.device), r["labels"]][:, None]
 
     def detections(self, class_logits, box_regression, proposals, image_shapes):

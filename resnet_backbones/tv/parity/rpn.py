@@ -6,10 +6,11 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.image_list import ImageList
-from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image
+from torchvision.ops import batched_nms, box_iou
 
 from .anchors import Detectron2AnchorGenerator
 from .precision import at_least_float32
+from .tracing import clip_boxes, topk_count
 
 __all__ = ["Detectron2RPN"]
 
@@ -128,7 +129,7 @@ class Detectron2RPN(nn.Module):
             pre, post = self.pre_nms_topk_test, self.post_nms_topk_test
         top_boxes, top_scores, level_ids = [], [], []
         for level, (a, lg, d) in enumerate(zip(anchors, logits, deltas)):
-            k = min(lg.shape[1], pre)
+            k = topk_count(lg, pre)
             scores, idx = lg.topk(k, dim=1)
             boxes = self.box_coder.decode_single(d.reshape(-1, 4).float(), a.repeat(n, 1)).view(n, -1, 4)
             top_boxes.append(boxes[torch.arange(n, device=lg.device)[:, None], idx])
@@ -139,11 +140,10 @@ class Detectron2RPN(nn.Module):
         for i, size in enumerate(image_sizes):
             boxes, scores, lvl = top_boxes[i], top_scores[i], level_ids
             valid = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores)
-            if not valid.all():
-                if self.training:
-                    raise FloatingPointError("Predicted boxes or scores contain Inf/NaN. Training has diverged.")
-                boxes, scores, lvl = boxes[valid], scores[valid], lvl[valid]
-            boxes = clip_boxes_to_image(boxes, size)
+            if self.training and not valid.all():
+                raise FloatingPointError("Predicted boxes or scores contain Inf/NaN. Training has diverged.")
+            boxes, scores, lvl = boxes[valid], scores[valid], lvl[valid]  # no data-dependent branch: traceable
+            boxes = clip_boxes(boxes, size)
             keep = ((boxes[:, 2] - boxes[:, 0]) > self.min_box_size) & ((boxes[:, 3] - boxes[:, 1]) > self.min_box_size)
             boxes, scores, lvl = boxes[keep], scores[keep], lvl[keep]
             keep = batched_nms(boxes, scores.float(), lvl, self.nms_thresh)[:post]

@@ -1,0 +1,175 @@
+"""Export a trained detector to TorchScript or ONNX, and run the exported file with the eager model's own
+pre- and post-processing.
+
+What is exported (:class:`DetectorGraph`): one image in, its detections out, for any image size. Inputs
+are the normalised, zero-padded image ``(1, 3, H, W)`` float32 and its size before padding ``(2,)``
+int64 (height, width); outputs are ``boxes`` (K, 4) XYXY in that resized frame, ``scores`` (K,),
+``labels`` (K,) int64 (1-based; 0 is the background) and, for Mask R-CNN, ``masks`` (K, 1, M, M): each
+detection's mask probabilities at the head's resolution (28 x 28 for FPN), not pasted. Both formats are
+traced from the torchvision engine's modules (detectron2 exports by tracing too, with a fixed batch).
+
+What stays outside (:class:`ExportedDetector`): reading the image, the resize to INPUT.MIN_SIZE_TEST /
+MAX_SIZE_TEST (PIL's bilinear filter, as detectron2's ResizeShortestEdge: an op no exporter has), the
+normalisation and padding, and after the graph detectron2's ``detector_postprocess``: boxes scaled to
+the input image, clipped, empty ones dropped, masks pasted into the image at threshold 0.5. These are the
+eager model's own functions (:class:`resnet_backbones.tv.parity.Detectron2Transform`), rebuilt from the
+``config.yaml`` written beside the exported file, so an exported model and the eager one see the same
+pixels and report in the same frame. To paste masks yourself:
+:func:`resnet_backbones.tv.parity.paste_masks_like_detectron2` (``masks[:, 0]``, the boxes in image
+pixels, the image size, 0.5).
+
+The graph takes one image; :class:`ExportedDetector` (and :class:`resnet_backbones.Predictor` on it) run
+a list of images one after the other.
+"""
+import json
+import logging
+import os
+import warnings
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from .errors import ConfigError
+
+__all__ = ["FORMATS", "DetectorGraph", "ExportedDetector", "export_detector"]
+
+logger = logging.getLogger("resnet_backbones")
+
+FORMATS = {"torchscript": "model.ts", "onnx": "model.onnx"}
+ONNX_OPSET = 17  # RoiAlign with aligned=True needs 16
+
+
+class DetectorGraph(nn.Module):
+    """What the exported file computes: the backbone, the RPN and the ROI heads of a torchvision-engine
+    model (``GeneralizedRCNN``) on one preprocessed image, as its ``forward`` computes them between the
+    transform and its postprocess (see the module docstring for inputs and outputs)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.backbone, self.rpn, self.roi_heads = model.backbone, model.rpn, model.roi_heads
+        self.mask_on = model.roi_heads.has_mask()
+
+    def forward(self, image: torch.Tensor, image_size: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        features = self.backbone(image)
+        sizes = [(image_size[0], image_size[1])]
+        logits, deltas, anchors = self.rpn.predict(features)
+        proposals, _ = self.rpn.find_top_proposals(anchors, logits, deltas, sizes)
+        result = self.roi_heads(features, proposals, sizes)[0][0]
+        out = (result["boxes"], result["scores"], result["labels"])
+        return out + (result["masks"],) if self.mask_on else out
+
+
+def _output_names(mask_on: bool) -> List[str]:
+    return ["boxes", "scores", "labels"] + (["masks"] if mask_on else [])
+
+
+def _example(size_divisibility: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """A traced example: a random image of an unremarkable size (the graph is size-agnostic)."""
+    h, w = 240, 320
+    pad = max(size_divisibility, 1)
+    generator = torch.Generator().manual_seed(0)
+    image = torch.zeros(1, 3, -(-h // pad) * pad, -(-w // pad) * pad)
+    image[..., :h, :w] = torch.randn(1, 3, h, w, generator=generator)
+    return image, torch.tensor([h, w], dtype=torch.int64)
+
+
+def export_detector(cfg, model: nn.Module, output_dir: str, fmt: str, class_names: Optional[List[str]] = None) -> str:
+    """Write ``model`` (a torchvision-engine detector with its weights loaded) to ``output_dir`` as
+    ``fmt`` ("torchscript" or "onnx"), with the ``config.yaml`` its wrapper rebuilds the pre- and
+    post-processing from and an ``export.json`` naming the format, the outputs and ``class_names`` (of
+    classes 1..NUM_CLASSES). Returns the model path."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format {fmt!r}: one of {sorted(FORMATS)}")
+    from .inference import inference_model
+
+    os.makedirs(output_dir, exist_ok=True)
+    # MODEL.RESNET_BACKBONES.OPTIMIZE_FOR_INFERENCE: the copy with batch norms folded (exact), as evaluation runs.
+    model = inference_model(cfg, model.eval().float().cpu())
+    graph = DetectorGraph(model).eval()
+    example = _example(model.backbone.size_divisibility)
+    names = _output_names(graph.mask_on)
+    path = os.path.join(output_dir, FORMATS[fmt])
+    with torch.no_grad(), warnings.catch_warnings():
+        # The tracer's notes on the constants it records (the box coder's clip value, top-k bounds) and on
+        # the Python branches it fixes (none of which depends on the image: tests/test_export.py checks
+        # other sizes against the eager model).
+        warnings.simplefilter("ignore")
+        if fmt == "torchscript":
+            torch.jit.trace(graph, example, check_trace=False).save(path)
+        else:
+            try:
+                import onnx  # noqa: F401
+            except ImportError as e:
+                raise ConfigError("ONNX export needs onnx: pip install 'resnet_backbones[export]'") from e
+            torch.onnx.export(graph, example, path, opset_version=ONNX_OPSET, dynamo=False,
+                              input_names=["image", "image_size"], output_names=names,
+                              dynamic_axes={"image": {2: "height", 3: "width"}, **{n: {0: "detections"} for n in names}})
+    with open(os.path.join(output_dir, "config.yaml"), "w") as f:
+        f.write(cfg.dump())
+    with open(os.path.join(output_dir, "export.json"), "w") as f:
+        json.dump({"format": fmt, "file": FORMATS[fmt], "inputs": ["image", "image_size"], "outputs": names,
+                   "size_divisibility": model.backbone.size_divisibility, "class_names": class_names,
+                   "onnx_opset": ONNX_OPSET if fmt == "onnx" else None}, f, indent=1)
+    logger.info("exported %s to %s", fmt, path)
+    return path
+
+
+class ExportedDetector(nn.Module):
+    """An exported detector with the eager model's pre- and post-processing: called on a list of (3, H, W)
+    0-255 images in INPUT.FORMAT order, it returns what the eager model returns in eval mode (one dict
+    per image: ``boxes`` in the image's pixels, ``scores``, ``labels``, ``masks`` pasted, (K, 1, H, W)
+    bool). TorchScript runs in torch, ONNX in onnxruntime (CPU)."""
+
+    def __init__(self, export_dir: str):
+        super().__init__()
+        from .config import load_config
+        from .tv.model import build_transform
+
+        meta_path = os.path.join(export_dir, "export.json")
+        if not os.path.isfile(meta_path):
+            raise ConfigError(f"{export_dir} holds no export.json: export a model there with tools/export_model.py")
+        with open(meta_path) as f:
+            meta = json.load(f)
+        self.format, self.output_names = meta["format"], meta["outputs"]
+        self.class_names: Optional[List[str]] = meta.get("class_names")
+        self.cfg = load_config(os.path.join(export_dir, "config.yaml"), ["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu"],
+                               use_detectron2=False)
+        self.transform = build_transform(self.cfg, meta["size_divisibility"]).eval()
+        path = os.path.join(export_dir, meta["file"])
+        if self.format == "torchscript":
+            self.graph = torch.jit.load(path, map_location="cpu")
+            self._session = None
+        else:
+            try:
+                import onnxruntime
+            except ImportError as e:
+                raise ConfigError("running an ONNX export needs onnxruntime: pip install "
+                                  "'resnet_backbones[export]'") from e
+            self.graph = None
+            self._session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+        self.eval()
+
+    def train(self, mode: bool = True) -> "ExportedDetector":
+        """Only eval mode: an exported graph infers (``train(False)`` is what evaluation loops call)."""
+        if mode:
+            raise RuntimeError("an exported detector cannot train: train the eager model and export it again")
+        return super().train(False)
+
+    def _run(self, image: torch.Tensor, size: torch.Tensor) -> Dict[str, torch.Tensor]:
+        if self._session is None:
+            outputs = self.graph(image, size)
+        else:
+            outputs = [torch.from_numpy(o) for o in self._session.run(
+                None, {"image": image.numpy(), "image_size": size.numpy()})]
+        return dict(zip(self.output_names, outputs))
+
+    @torch.no_grad()
+    def forward(self, images: List[torch.Tensor]) -> List[Dict[str, torch.Tensor]]:
+        results = []
+        for image in images:
+            original = tuple(image.shape[-2:])
+            batch, _ = self.transform([image])
+            result = self._run(batch.tensors, torch.tensor(batch.image_sizes[0], dtype=torch.int64))
+            results.extend(self.transform.postprocess([result], batch.image_sizes, [original]))
+        return results
