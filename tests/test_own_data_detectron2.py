@@ -18,6 +18,15 @@ def test_own_folder_trains_and_evaluates_on_detectron2_in_two_processes(folder, 
     out = tmp_path / "train"
     r = run("tools/train_net.py", "--config", QUICK, "--engine", "detectron2", "--num-gpus", "2",
             *dataset_args(folder), *TINY, "OUTPUT_DIR", str(out))
+    if r.returncode != 0 and "terminated with signal SIGABRT" in r.stderr:
+        # Seen once in CI (1 of 6 runs, never in 8 local ones, alone or beside another test): a spawned
+        # CPU/gloo process of detectron2's launch aborting with "terminate called without an active
+        # exception". One more run in a fresh folder; a second abort fails with both runs' output.
+        print("first run aborted; its stderr:\n" + r.stderr[:6000])
+        out = tmp_path / "train_again"
+        first, r = r, run("tools/train_net.py", "--config", QUICK, "--engine", "detectron2", "--num-gpus", "2",
+                          *dataset_args(folder), *TINY, "OUTPUT_DIR", str(out))
+        assert r.returncode == 0, first.stderr[:3000] + "\n---\n" + r.stderr[-3000:]
     assert r.returncode == 0, r.stderr[-3000:]
     text = r.stdout + r.stderr
     # detectron2's COCOEvaluator on my_val, its class names from the json (thing_classes).
