@@ -1,8 +1,8 @@
 """The divergence guard: stops training on a non-finite or diverging loss, and sums up the run's health.
 
-The torchvision engine calls :meth:`LossGuard.observe` from a hook that runs before the backward pass
-(:class:`resnet_backbones.tv.hooks.GuardHook`); the detectron2 engine from a hook that runs before
-``PeriodicCheckpointer`` (:class:`resnet_backbones.d2.hooks.DivergenceHook`). Either way the guard
+The torchvision engine calls :meth:`LossGuard.observe` in ``Trainer.run_step`` before the backward pass;
+the detectron2 engine from a hook that runs before ``PeriodicCheckpointer``
+(:class:`resnet_backbones.d2.hooks.DivergenceHook`). Either way the guard
 raises before any checkpoint of the diverged iteration is written, and the exception ends training, so
 no final or interrupt checkpoint follows it.
 """

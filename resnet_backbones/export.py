@@ -21,6 +21,8 @@ pixels, the image size, 0.5).
 The graph takes one image; :class:`ExportedDetector` (and :class:`resnet_backbones.Predictor` on it) run
 a list of images one after the other.
 """
+import copy
+import inspect
 import json
 import logging
 import os
@@ -75,17 +77,19 @@ def _example(size_divisibility: int) -> Tuple[torch.Tensor, torch.Tensor]:
 
 
 def export_detector(cfg, model: nn.Module, output_dir: str, fmt: str, class_names: Optional[List[str]] = None) -> str:
-    """Write ``model`` (a torchvision-engine detector with its weights loaded) to ``output_dir`` as
-    ``fmt`` ("torchscript" or "onnx"), with the ``config.yaml`` its wrapper rebuilds the pre- and
-    post-processing from and an ``export.json`` naming the format, the outputs and ``class_names`` (of
-    classes 1..NUM_CLASSES). Returns the model path."""
+    """Write ``model`` (a torchvision-engine detector with its weights loaded; left as it is: a copy is
+    exported) to ``output_dir`` as ``fmt`` ("torchscript" or "onnx"), with the ``config.yaml`` its
+    wrapper rebuilds the pre- and post-processing from and an ``export.json`` naming the format, the
+    outputs and ``class_names`` (of classes 1..NUM_CLASSES). ``cfg`` is the torchvision engine's
+    (``resnet_backbones.config.load_config(..., use_detectron2=False)``), whose dump the wrapper reads
+    back. Returns the model path."""
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt!r}: one of {sorted(FORMATS)}")
     from .inference import inference_model
 
     os.makedirs(output_dir, exist_ok=True)
     # MODEL.RESNET_BACKBONES.OPTIMIZE_FOR_INFERENCE: the copy with batch norms folded (exact), as evaluation runs.
-    model = inference_model(cfg, model.eval().float().cpu())
+    model = inference_model(cfg, copy.deepcopy(model).eval().float().cpu())
     graph = DetectorGraph(model).eval()
     example = _example(model.backbone.size_divisibility)
     names = _output_names(graph.mask_on)
@@ -102,8 +106,11 @@ def export_detector(cfg, model: nn.Module, output_dir: str, fmt: str, class_name
                 import onnx  # noqa: F401
             except ImportError as e:
                 raise ConfigError("ONNX export needs onnx: pip install 'resnet_backbones[export]'") from e
-            torch.onnx.export(graph, example, path, opset_version=ONNX_OPSET, dynamo=False,
-                              input_names=["image", "image_size"], output_names=names,
+            # The TorchScript-based exporter (torch >= 2.5 defaults to the torch.export one, which cannot
+            # take the per-image data-dependent shapes of detection).
+            legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+            torch.onnx.export(graph, example, path, opset_version=ONNX_OPSET, input_names=["image", "image_size"],
+                              output_names=names, **legacy,
                               dynamic_axes={"image": {2: "height", 3: "width"}, **{n: {0: "detections"} for n in names}})
     with open(os.path.join(output_dir, "config.yaml"), "w") as f:
         f.write(cfg.dump())

@@ -12,6 +12,7 @@ A batch pads its images to a common size, as detectron2's batched inference does
 bottom and right edges of a smaller image can then differ slightly from batch size 1 (the convolutions
 see the padding's features there). Batch size 1, the default, is what evaluation runs.
 """
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -63,15 +64,21 @@ class Detections:
 
 def dataset_class_names(cfg) -> List[str]:
     """The category names of DATASETS.TRAIN's json in the model's class order (sorted by category id, as
-    both engines map them); the class numbers "1".."NUM_CLASSES" where no training set is named or it
-    cannot be read (a warning says why)."""
-    from .data import COCOInstances, get_dataset
+    both engines map them), read from its ``categories`` only (no image need be there); the class
+    numbers "1".."NUM_CLASSES" where no training set is named or its json cannot be read (a warning
+    says why)."""
+    from .data import resolve_dataset
 
     if len(cfg.DATASETS.TRAIN):
         try:
-            return COCOInstances(get_dataset(cfg.DATASETS.TRAIN[0], cfg)).class_names
+            json_file = resolve_dataset(cfg.DATASETS.TRAIN[0], cfg).json_file
+            with open(json_file) as f:
+                categories = json.load(f)["categories"]
+            return [c["name"] for c in sorted(categories, key=lambda c: c["id"])]
         except DatasetError as e:
             logger.warning("class names as numbers: %s", str(e).splitlines()[0])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            logger.warning("class names as numbers: %s has no readable categories (%s)", json_file, e)
     return [str(i) for i in range(1, cfg.MODEL.ROI_HEADS.NUM_CLASSES + 1)]
 
 
@@ -142,8 +149,9 @@ class Predictor:
         if isinstance(item, (str, os.PathLike)):
             image = torch.from_numpy(read_image(os.fspath(item))).permute(2, 0, 1)
         elif isinstance(item, np.ndarray):
-            if item.ndim != 3 or item.shape[2] != 3:
-                raise ValueError(f"an image array must be (H, W, 3), got {item.shape}")
+            if item.ndim != 3 or item.shape[2] != 3 or item.dtype != np.uint8:
+                raise ValueError(f"an image array must be (H, W, 3) uint8, got {item.shape} {item.dtype}: convert "
+                                 "it to 8 bits per channel first")
             image = torch.from_numpy(np.ascontiguousarray(item)).permute(2, 0, 1)
             if array_format == "BGR":
                 image = image.flip(0)

@@ -49,7 +49,7 @@ def parse_args(argv=None):
 
 def add_dataset_argument(parser: argparse.ArgumentParser) -> None:
     """``--dataset NAME JSON_FILE IMAGE_ROOT``, repeatable: your own COCO-format data, by name (the
-    same option in train_net, tools/check_dataset.py and tools/demo.py)."""
+    same option in train_net, tools/check_dataset.py, tools/demo.py and tools/export_model.py)."""
     parser.add_argument("--dataset", nargs=3, action="append", default=[], metavar=("NAME", "JSON_FILE", "IMAGE_ROOT"),
                         help="a COCO-format dataset that DATASETS.TRAIN / DATASETS.TEST can name (repeatable); "
                              "added to MODEL.RESNET_BACKBONES.DATASETS, so it reaches every process of a launch")

@@ -85,6 +85,18 @@ def test_optimize_for_inference_exports_the_folded_model(images, tmp_path):
 
 
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_images_larger_than_the_traced_example(fmt, tmp_path):
+    """COCO's test size (800 x 1216 after the resize), above the 240 x 320 example the graph was traced at:
+    more anchors per level than the RPN's top-k, so every level is cut by top-k."""
+    cfg, model = _model("fpn", "INPUT.MIN_SIZE_TEST", "800", "INPUT.MAX_SIZE_TEST", "1333")
+    export_detector(cfg, model, str(tmp_path), fmt)
+    image = [torch.randint(0, 256, (3, 400, 608), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))]
+    ref, out = _eager(model, image)[0], ExportedDetector(str(tmp_path))(image)[0]
+    assert len(ref["scores"]) == 100 and torch.equal(out["labels"], ref["labels"])
+    assert (out["boxes"] - ref["boxes"]).abs().max() <= (0 if fmt == "torchscript" else 1e-3)
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
 def test_an_image_without_detections_gives_empty_outputs(fmt, images, tmp_path):
     cfg, model = _model("fpn", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.999")
     assert all(len(r["scores"]) == 0 for r in _eager(model, images))

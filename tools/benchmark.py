@@ -37,7 +37,7 @@ through the whole detector in eval mode, same yaml): d2-engine, tv-engine (FP32)
 (MODEL.RESNET_BACKBONES.OPTIMIZE_FOR_INFERENCE: batch norms folded, channels_last), tv-engine-opt-amp and
 d2-engine-opt-amp (+ MODEL.RESNET_BACKBONES.INFERENCE_AMP), tv-export-torchscript and tv-export-onnx (the
 OPTIMIZE_FOR_INFERENCE model exported by resnet_backbones.export, run by its wrapper: TorchScript in torch,
-ONNX in onnxruntime; needs the [export] extra).
+ONNX in onnxruntime, which needs the [export] extra; CPU only).
 
 Autocast ("amp") is fp16 on CUDA and bf16 on a CPU. A CPU without native bf16 (oneDNN's
 ``_is_mkldnn_bf16_supported()`` False) emulates it, hundreds of times slower than FP32: amp rows are

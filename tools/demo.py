@@ -52,19 +52,24 @@ def main(argv=None) -> int:
     try:
         cfg = load_config(args.config, args.opts, use_detectron2=False, datasets=args.dataset)
         predictor = Predictor(cfg, batch_size=args.batch_size)
-        images = [read_image(path) for path in args.input]  # the engines' reader: EXIF orientation applied
     except (ConfigError, WeightsError, DatasetError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     os.makedirs(args.output, exist_ok=True)
-    results = predictor.iter_predict(images, progress=len(images) > 10, total=len(images))
-    for path, rgb, detections in zip(args.input, images, results):
-        kept = detections.above(args.confidence_threshold)
-        dest = os.path.join(args.output, os.path.splitext(os.path.basename(path))[0] + ".png")
-        draw(rgb, kept).save(dest)
-        shown = [f"{n} {float(s):.2f}" for n, s in zip(kept.class_names[:10], kept.scores[:10])]
-        found = ", ".join(shown) + (", ..." if len(kept) > len(shown) else "")  # the 10 best named
-        print(f"{path}: {len(kept)} detections{f' ({found})' if found else ''} -> {dest}")
+    for start in range(0, len(args.input), args.batch_size):  # a batch of images in memory at a time
+        paths = args.input[start:start + args.batch_size]
+        try:
+            images = [read_image(path) for path in paths]  # the engines' reader: EXIF orientation applied
+        except DatasetError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        for path, rgb, detections in zip(paths, images, predictor(images)):
+            kept = detections.above(args.confidence_threshold)
+            dest = os.path.join(args.output, os.path.splitext(os.path.basename(path))[0] + ".png")
+            draw(rgb, kept).save(dest)
+            shown = [f"{n} {float(s):.2f}" for n, s in zip(kept.class_names[:10], kept.scores[:10])]
+            found = ", ".join(shown) + (", ..." if len(kept) > len(shown) else "")  # the 10 best named
+            print(f"{path}: {len(kept)} detections{f' ({found})' if found else ''} -> {dest}")
     return 0
 
 

@@ -103,8 +103,11 @@ def main(argv=None) -> int:
         path = export_detector(cfg, model, args.output, args.format, class_names=dataset_class_names(cfg))
         print(f"exported {args.format}: {path}")
         if args.eval:
-            stats, (n_eager, n_exported, pairs, largest) = evaluate_both(cfg, model, ExportedDetector(args.output),
-                                                                         args.eval)
+            from resnet_backbones.inference import inference_model
+
+            # The eager model the export was made from: with OPTIMIZE_FOR_INFERENCE, the folded copy.
+            stats, (n_eager, n_exported, pairs, largest) = evaluate_both(
+                cfg, inference_model(cfg, model), ExportedDetector(args.output), args.eval)
             print(f"COCO AP on {args.eval}, eager against {args.format}:")
             print(format_comparison(stats, args.format))
             print(f"detections: eager {n_eager}, {args.format} {n_exported}; {pairs} paired (same image and class, "

@@ -160,11 +160,16 @@ def detector_eval(variant: str, depth: int, size, batch: int, device, config: st
     model, cfg = _build_detector(variant[:2], depth, device, config, overrides)
     model.eval()
     if variant in EXPORT_FORMATS:
+        import atexit
+        import shutil
         import tempfile
 
         from resnet_backbones.export import ExportedDetector, export_detector
 
+        if device.type != "cpu":
+            raise ValueError(f"{variant}: the exported detectors run on the CPU only")
         folder = tempfile.mkdtemp(prefix="rb_export_")
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
         export_detector(cfg, model, folder, EXPORT_FORMATS[variant])
         runner = ExportedDetector(folder)
     else:

@@ -1,7 +1,7 @@
 """Datasets: COCO under detectron2's names, the embedded synthetic shapes, samplers."""
 from ..errors import DatasetError, DatasetValidationError, UnreadableImageError
 from .catalog import (DatasetSpec, check_dataset, config_datasets, get_dataset, register_coco_instances,
-                      registered_datasets)
+                      registered_datasets, resolve_dataset)
 from .dataset import COCOInstances, InferenceSampler, TrainingBatchSampler, collate
 from .images import read_image
 from .synthetic import ensure_synthetic

@@ -15,7 +15,7 @@ from ..errors import ConfigError, DatasetError
 from .synthetic import ensure_synthetic
 from .validate import check_images, validate_coco
 
-__all__ = ["DatasetSpec", "check_dataset", "register_coco_instances", "get_dataset", "registered_datasets",
+__all__ = ["DatasetSpec", "check_dataset", "resolve_dataset", "register_coco_instances", "get_dataset", "registered_datasets",
            "config_datasets", "normalize_config_datasets", "check_num_classes"]
 
 DATASETS_KEY = "MODEL.RESNET_BACKBONES.DATASETS"
@@ -151,6 +151,24 @@ def check_num_classes(cfg, name: str, spec: DatasetSpec, num_categories: int) ->
                           "(in the yaml, or as KEY VALUE after the command)")
 
 
+def resolve_dataset(name: str, cfg=None) -> DatasetSpec:
+    """A name (``cfg``'s MODEL.RESNET_BACKBONES.DATASETS first, then the registered ones) as its files,
+    unchecked (synthetic data is generated on first use): :func:`get_dataset` is the checked way.
+
+    Raises:
+        DatasetError: the name is unknown.
+    """
+    own = config_datasets(cfg)
+    if name not in own and name not in _REGISTRY:
+        raise DatasetError(
+            f"dataset {name!r} is not registered; known: {', '.join(registered_datasets(cfg))}. "
+            f"Name your own COCO-format data with --dataset {name} JSON_FILE IMAGE_ROOT on the command line, "
+            f"or in the yaml with {DATASETS_KEY} [[\"{name}\", JSON_FILE, IMAGE_ROOT]] "
+            "(from Python: resnet_backbones.data.register_coco_instances(name, json, image_root))"
+        )
+    return own[name] if name in own else _REGISTRY[name](cfg)
+
+
 def get_dataset(name: str, cfg=None) -> DatasetSpec:
     """Resolve a name (``cfg``'s MODEL.RESNET_BACKBONES.DATASETS first, then the registered ones) to its
     files, generating the synthetic data on first use, and check them
@@ -164,15 +182,7 @@ def get_dataset(name: str, cfg=None) -> DatasetSpec:
             DatasetValidationError: the json or its files fail the checks (one message for all);
             ConfigError: NUM_CLASSES differs from the json's category count.
     """
-    own = config_datasets(cfg)
-    if name not in own and name not in _REGISTRY:
-        raise DatasetError(
-            f"dataset {name!r} is not registered; known: {', '.join(registered_datasets(cfg))}. "
-            f"Name your own COCO-format data with --dataset {name} JSON_FILE IMAGE_ROOT on the command line, "
-            f"or in the yaml with {DATASETS_KEY} [[\"{name}\", JSON_FILE, IMAGE_ROOT]] "
-            "(from Python: resnet_backbones.data.register_coco_instances(name, json, image_root))"
-        )
-    spec = own[name] if name in own else _REGISTRY[name](cfg)
+    spec = resolve_dataset(name, cfg)
     missing: Optional[str] = None
     if not os.path.isfile(spec.json_file):
         missing = spec.json_file

@@ -3,8 +3,9 @@ DefaultTrainer: metrics and progress, checkpoints (periodic, final, and on SIGIN
 evaluation.
 
 The trainer calls each hook's ``before_train`` before the first iteration, ``after_step`` after each
-(in list order; ``trainer.iter`` is then the number of completed iterations) and ``after_train`` in a
-``finally`` block, so a hook that opened something closes it whatever ended the run.
+(in list order; ``trainer.iter`` is then the number of completed iterations) and ``after_train`` in
+reverse order in a ``finally`` block, so a hook that opened something closes it whatever ended the run
+(the signal handlers are restored before the metrics files are closed).
 """
 import datetime
 import json
@@ -111,9 +112,10 @@ def write_eval_metrics(output_dir: str, iteration: int, results: Dict[str, Dict[
 
 class CheckpointHook(HookBase):
     """Checkpoints: ``model_{iter:07d}`` every ``period`` iterations before the last (detectron2's
-    PeriodicCheckpointer), ``model_final`` after the last, and on SIGINT/SIGTERM one of the iteration
-    just completed, after which it raises :class:`TrainingInterrupted` (exit 130 / 143; ``--resume``
-    continues at the next iteration). Calls ``trainer.save_checkpoint(name, next_iter)``."""
+    PeriodicCheckpointer), and on SIGINT/SIGTERM one of the iteration just completed, after which it
+    raises :class:`TrainingInterrupted` (exit 130 / 143; ``--resume`` continues at the next iteration).
+    ``model_final`` is the trainer's, written once the loop ends (even when it ran no iteration). Calls
+    ``trainer.save_checkpoint(name, next_iter)``."""
 
     def __init__(self, period: int):
         self.period = period
@@ -134,8 +136,6 @@ class CheckpointHook(HookBase):
             self.trainer.save_checkpoint(f"model_{iteration - 1:07d}", iteration)
         if stop:
             raise TrainingInterrupted(self._signum, iteration, last_checkpoint(self.trainer.cfg.OUTPUT_DIR) or "")
-        if iteration == max_iter:
-            self.trainer.save_checkpoint("model_final", iteration)
 
     def after_train(self):
         for s, h in self._previous.items():

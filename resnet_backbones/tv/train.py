@@ -265,6 +265,7 @@ class Trainer:
                 self.times = (time.perf_counter() - t0, t1 - t0)
                 for hook in self.hooks:
                     hook.after_step()
+            self.save_checkpoint("model_final", self.iter)
             logger.info("Overall training time: %s (%.3f s / it)",
                         datetime.timedelta(seconds=int(time.perf_counter() - started)),
                         (time.perf_counter() - started) / max(self.iter - self.start_iter, 1))
@@ -274,7 +275,7 @@ class Trainer:
         finally:
             if is_main_process():
                 logger.info(self.guard.summary())
-            for hook in self.hooks:
+            for hook in reversed(self.hooks):
                 hook.after_train()
         synchronize()
         return self.evaluate_and_log(self.iter)
