@@ -52,7 +52,8 @@ def build_model(cfg, *, num_classes: Optional[int] = None) -> GeneralizedRCNN:
 
     The state dict keeps torchvision's layout (``rpn.head.*``, ``roi_heads.box_predictor.*`` with the
     background as class 0); :mod:`resnet_backbones.weights.detector` converts to and from detectron2's.
-    The parts are built in the order backbone, RPN, ROI heads: the order of a seed's draws.
+    The parts are built in the order backbone, RPN, ROI heads, the order in which their random initial
+    weights are drawn, so ``torch.manual_seed(SEED)`` gives the same model as in earlier releases.
     """
     check_supported(cfg)
     backbone = build_backbone(cfg)
@@ -111,8 +112,9 @@ def build_roi_heads(cfg, shapes, num_classes: int) -> Detectron2ROIHeads:
     """detectron2's ``StandardROIHeads.from_config`` or ``Res5ROIHeads.from_config`` (MODEL.ROI_HEADS.NAME;
     modeling/roi_heads/roi_heads.py) on MODEL.ROI_HEADS.IN_FEATURES, initialised as detectron2's.
 
-    The box predictor is created after the mask head (detectron2 creates it before): the order of a seed's
-    draws, so that a seed initialises the heads as it always has.
+    The box predictor is created after the mask head (detectron2 creates it before), keeping the order in
+    which the random initial weights are drawn, so ``torch.manual_seed(SEED)`` initialises the heads as it
+    did in earlier releases.
     """
     features = list(cfg.MODEL.ROI_HEADS.IN_FEATURES)
     channels = _one_channel_count(shapes, features, "MODEL.ROI_HEADS.IN_FEATURES")
