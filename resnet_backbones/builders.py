@@ -31,7 +31,8 @@ VGG_BACKBONES = ("build_resnet_backbones_vgg_backbone",)
 
 
 def resnet_kwargs_from_cfg(cfg, in_channels: int = 3) -> Dict[str, Any]:
-    """MODEL.RESNETS.*, MODEL.BACKBONE.FREEZE_AT and MODEL.RESNET_BACKBONES.PREACTIVATION as build_resnet kwargs."""
+    """MODEL.RESNETS.*, MODEL.BACKBONE.FREEZE_AT and MODEL.RESNET_BACKBONES.PREACTIVATION/ZERO_INIT_RESIDUAL
+    as build_resnet kwargs."""
     r = cfg.MODEL.RESNETS
     if any(r.DEFORM_ON_PER_STAGE):
         raise ValueError(
@@ -53,6 +54,7 @@ def resnet_kwargs_from_cfg(cfg, in_channels: int = 3) -> Dict[str, Any]:
         res5_dilation=r.RES5_DILATION,
         freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
         preactivation=cfg.MODEL.RESNET_BACKBONES.PREACTIVATION,
+        zero_init_residual=cfg.MODEL.RESNET_BACKBONES.ZERO_INIT_RESIDUAL,
     )
 
 
@@ -100,9 +102,11 @@ def build_vgg_from_cfg(cfg, in_channels: int = 3, body_class=VGG) -> VGG:
     try:
         return build_vgg(depth=cfg.MODEL.RESNET_BACKBONES.VGG_DEPTH, in_channels=in_channels,
                          out_features=list(cfg.MODEL.RESNET_BACKBONES.VGG_OUT_FEATURES),
-                         freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT, body_class=body_class)
+                         freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT, conv1_channels=cfg.MODEL.RESNET_BACKBONES.VGG_CONV1_CHANNELS,
+                         body_class=body_class)
     except ValueError as e:
-        raise ConfigError(f"MODEL.RESNET_BACKBONES.VGG_DEPTH/VGG_OUT_FEATURES, MODEL.BACKBONE.FREEZE_AT: {e}") from None
+        raise ConfigError("MODEL.RESNET_BACKBONES.VGG_DEPTH/VGG_OUT_FEATURES/VGG_CONV1_CHANNELS, "
+                          f"MODEL.BACKBONE.FREEZE_AT: {e}") from None
 
 
 def check_res5_head_cfg(cfg) -> None:
@@ -136,4 +140,5 @@ def build_res5_head_from_cfg(cfg) -> nn.Sequential:
     k = resnet_kwargs_from_cfg(cfg)
     return build_res5_head(depth=k["depth"], norm=k["norm"], stem_out_channels=k["stem_out_channels"],
                            res2_out_channels=k["res2_out_channels"], num_groups=k["num_groups"],
-                           width_per_group=k["width_per_group"], stride_in_1x1=k["stride_in_1x1"])
+                           width_per_group=k["width_per_group"], stride_in_1x1=k["stride_in_1x1"],
+                           zero_init_residual=k["zero_init_residual"])

@@ -210,6 +210,11 @@ def add_resnet_backbones_config(cfg) -> None:
     """Add this project's keys, all under ``MODEL.RESNET_BACKBONES`` (detectron2's nodes are untouched).
 
     PREACTIVATION: build pre-activation blocks (He et al. 2016) instead of the original ones.
+    ZERO_INIT_RESIDUAL: initialise the last norm's scale of every residual branch to zero, in the body and
+        the C4 res5 head, so each block starts as the identity (Goyal et al. 2017, section 5.1;
+        torchvision's ``zero_init_residual``). For training from scratch: loaded weights replace it.
+        False is detectron2's initialisation. On the quarter-width ResNet-50 of the C4/DC5 quick
+        schedules it is what makes them learn (configs/quick_schedules/README.md).
     WEIGHTS_FORMAT: format of MODEL.WEIGHTS when it is an ImageNet/backbone source: "auto",
         "torchvision", "timm", "caffe2" or "detectron2".
     FPN_TOP_BLOCK: "LastLevelMaxPool" (p6, as detectron2's build_resnet_fpn_backbone) or "LastLevelP6P7".
@@ -246,11 +251,14 @@ def add_resnet_backbones_config(cfg) -> None:
     VGG_DEPTH, VGG_OUT_FEATURES: the VGG body of MODEL.BACKBONE.NAME build_resnet_backbones_vgg_backbone
         (the VGG-16 baseline of He et al. 2016, Table 8; configs/faster_rcnn_VGG16.yaml): 16 (or 19), and
         the blocks it emits, conv1..conv5 (conv5: conv5_3 after its ReLU, stride 16, 512 channels).
+    VGG_CONV1_CHANNELS: the width of VGG block conv1, 64 as in the paper; the other blocks scale with it
+        (16: a quarter-width VGG-16, the quick schedule's miniature of the baseline).
     """
     # The node of cfg's own class: yacs refuses to merge a yaml file's subtree into a node of another
     # CfgNode class (ours into detectron2's get_cfg()).
     cfg.MODEL.RESNET_BACKBONES = type(cfg)()
     cfg.MODEL.RESNET_BACKBONES.PREACTIVATION = False
+    cfg.MODEL.RESNET_BACKBONES.ZERO_INIT_RESIDUAL = False
     cfg.MODEL.RESNET_BACKBONES.WEIGHTS_FORMAT = "auto"
     cfg.MODEL.RESNET_BACKBONES.FPN_TOP_BLOCK = "LastLevelMaxPool"
     cfg.MODEL.RESNET_BACKBONES.SYNTHETIC_ROOT = ""
@@ -265,6 +273,7 @@ def add_resnet_backbones_config(cfg) -> None:
     cfg.MODEL.RESNET_BACKBONES.DATASETS = []
     cfg.MODEL.RESNET_BACKBONES.VGG_DEPTH = 16
     cfg.MODEL.RESNET_BACKBONES.VGG_OUT_FEATURES = ["conv5"]
+    cfg.MODEL.RESNET_BACKBONES.VGG_CONV1_CHANNELS = 64
 
 
 def get_standalone_cfg() -> CfgNode:

@@ -10,8 +10,10 @@ from resnet_backbones.modeling import (
     FrozenBatchNorm2d,
     LastLevelP6P7,
     PreActBottleneckBlock,
+    build_res5_head,
     build_resnet,
     build_resnet_fpn,
+    zero_init_residual,
 )
 
 # torchvision's model table (docs, "Classification") rounds to 0.1M; the exact counts are checked below.
@@ -121,6 +123,36 @@ def test_preactivation_blocks_keep_a_pure_identity_and_train():
     sum(v.mean() for v in out.values()).backward()
     assert body.stem.conv1.weight.grad is not None
     assert set(body.feature_norms.keys()) == {"res2", "res3", "res4", "res5"}
+
+
+@pytest.mark.parametrize("depth, last", [(18, "conv2"), (50, "conv3")])
+def test_zero_init_residual_starts_each_block_as_its_shortcut(depth, last):
+    torch.manual_seed(0)
+    plain = build_resnet(depth=depth, norm="BN")
+    torch.manual_seed(0)
+    zeroed = build_resnet(depth=depth, norm="BN", zero_init_residual=True)
+    changed = {k for k, v in plain.state_dict().items() if not torch.equal(v, zeroed.state_dict()[k])}
+    expected = {f"{stage}.{i}.{last}.norm.weight" for stage in ("res2", "res3", "res4", "res5")
+                for i in range(len(getattr(plain, stage)))}
+    assert changed == expected  # the last norm's scale of each branch, nothing else, the same random draws
+    assert all(not zeroed.state_dict()[k].any() for k in expected)
+    block = zeroed.res3[1].train()  # identity shortcut: the block is relu(x)
+    x = torch.randn(2, block.in_channels, 8, 8)
+    assert torch.equal(block(x), torch.relu(x))
+    # torchvision's zero_init_residual zeroes the same scales (bn2 / bn3 of each block).
+    reference = getattr(torchvision.models, f"resnet{depth}")(zero_init_residual=True)
+    zero_tv = sorted(k for k, v in reference.state_dict().items() if k.endswith(".weight") and v.dim() == 1
+                     and not v.any())
+    assert len(zero_tv) == len(expected)
+    assert sum(not p.any() for n, p in build_res5_head(depth=50, norm="BN", zero_init_residual=True)
+               .named_parameters() if n.endswith("conv3.norm.weight")) == 3
+
+
+def test_zero_init_residual_is_defined_for_the_original_blocks_only():
+    with pytest.raises(ValueError, match="pre-activation"):
+        build_resnet(depth=50, norm="BN", preactivation=True, zero_init_residual=True)
+    with pytest.raises(ValueError, match="no norm with a scale"):
+        zero_init_residual(build_resnet(depth=18, norm=""))
 
 
 def test_preactivation_basic_block_depth():

@@ -16,13 +16,14 @@ from detectron2.layers import ShapeSpec as D2ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
 from ..builders import build_body_from_cfg, build_fpn_from_cfg, build_vgg_from_cfg
-from ..modeling import FPN, VGG, ResNet, build_res5_head, build_resnet, build_resnet_fpn
+from ..modeling import (FPN, VGG, BasicBlock, BottleneckBlock, ResNet, build_res5_head, build_resnet,
+                        build_resnet_fpn, zero_init_residual)
 from ..weights import load_backbone_weights
 from ..weights.loader import match_res5_head_state, read_weights
 
 __all__ = ["D2ResNet", "D2FPN", "D2VGG", "build_resnet_backbones_backbone", "build_resnet_backbones_fpn_backbone",
            "build_resnet_backbones_vgg_backbone",
-           "register_backbones", "resnet_fpn_backbone", "resnet_backbone", "resnet_res5_head"]
+           "register_backbones", "resnet_fpn_backbone", "resnet_backbone", "resnet_res5_head", "zero_init_res5_head"]
 
 
 def _d2_shapes(shapes):
@@ -108,6 +109,21 @@ def resnet_res5_head(*, weights: str = "", weights_format: str = "auto", **kwarg
         target = head.state_dict()
         head.load_state_dict({k: v.to(target[k].dtype) for k, v in state.items()}, strict=False)
     return head
+
+
+def zero_init_res5_head(cfg, model: nn.Module) -> int:
+    """MODEL.RESNET_BACKBONES.ZERO_INIT_RESIDUAL for the res5 head of a yaml C4 model: detectron2's
+    ``Res5ROIHeads`` builds that head itself (detectron2's own blocks), so the key, which the body's
+    builder applies to the body, is applied to the head here, after ``build_model`` (the engine's
+    Trainer does; call it yourself after detectron2's ``build_model`` in your own project). Returns the
+    number of blocks changed (0 without the key or a res5 head)."""
+    from detectron2.modeling.backbone.resnet import BasicBlock as D2BasicBlock
+    from detectron2.modeling.backbone.resnet import BottleneckBlock as D2BottleneckBlock
+
+    res5 = getattr(getattr(model, "roi_heads", None), "res5", None)
+    if not cfg.MODEL.RESNET_BACKBONES.ZERO_INIT_RESIDUAL or res5 is None:
+        return 0
+    return zero_init_residual(res5, (D2BasicBlock, D2BottleneckBlock, BasicBlock, BottleneckBlock))
 
 
 def register_backbones() -> None:

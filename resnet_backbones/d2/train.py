@@ -20,7 +20,7 @@ from ..errors import ConfigError, DatasetError, WeightsError
 from ..hints import evaluation_hint
 from ..inference import inference_runner
 from .amp import amp_trainer
-from .backbone import register_backbones
+from .backbone import register_backbones, zero_init_res5_head
 from .checkpoint import ResnetBackbonesCheckpointer
 from .datasets import CountSkipped, ReadCheckedMapper, register_datasets
 from .hooks import DivergenceHook, SignalCheckpointHook
@@ -83,6 +83,12 @@ class Trainer(DefaultTrainer):
         train_loop_logger = logging.getLogger("detectron2.engine.train_loop")
         if not any(isinstance(f, _QuietInputErrors) for f in train_loop_logger.filters):
             train_loop_logger.addFilter(_QuietInputErrors())
+
+    @classmethod
+    def build_model(cls, cfg):
+        model = super().build_model(cfg)
+        zero_init_res5_head(cfg, model)  # detectron2's Res5ROIHeads builds its own blocks
+        return model
 
     def build_hooks(self):
         return [DivergenceHook(self.guard)] + super().build_hooks() + [SignalCheckpointHook()]

@@ -7,6 +7,7 @@ from .blocks import (
     Conv2d,
     PreActBasicBlock,
     PreActBottleneckBlock,
+    zero_init_residual,
 )
 from .fpn import FPN, TOP_BLOCKS, LastLevelMaxPool, LastLevelP6P7, build_resnet_fpn
 from .norm import NORM_NAMES, FrozenBatchNorm2d, get_norm

@@ -15,7 +15,7 @@ from torch import nn
 from .norm import FrozenBatchNorm2d, get_norm
 
 __all__ = ["BasicBlock", "BasicStem", "BlockBase", "BottleneckBlock", "Conv2d", "PreActBasicBlock",
-           "PreActBottleneckBlock", "norm_or_identity", "projection_shortcut"]
+           "PreActBottleneckBlock", "norm_or_identity", "projection_shortcut", "zero_init_residual"]
 
 
 class Conv2d(nn.Conv2d):
@@ -143,6 +143,32 @@ class BottleneckBlock(BlockBase):
         out = self.conv3(out)
         shortcut = self.shortcut(x) if self.shortcut is not None else x
         return F.relu_(out + shortcut)
+
+
+def zero_init_residual(module: nn.Module, block_types=(BasicBlock, BottleneckBlock)) -> int:
+    """Zero the scale of the last norm of every residual branch under ``module`` (``conv2.norm`` of a
+    basic block, ``conv3.norm`` of a bottleneck), so that each block starts as the identity plus its
+    shortcut: Goyal et al., "Accurate, Large Minibatch SGD" (2017), section 5.1, torchvision's
+    ``resnet(zero_init_residual=True)``. An initialisation only: loaded weights replace it. detectron2
+    leaves these scales at 1. ``block_types``: the classes to treat (the detectron2 engine passes
+    detectron2's own ``BasicBlock``/``BottleneckBlock``, which have the same layout, for its res5 head).
+    Returns the number of blocks changed."""
+    count = 0
+    for block in module.modules():
+        if isinstance(block, (PreActBasicBlock, PreActBottleneckBlock)):
+            raise ValueError("zero_init_residual: a pre-activation block's branch ends in a conv, not a norm "
+                             "(He et al., ECCV 2016, Fig. 4(e)); it is defined for the original blocks only")
+        if not isinstance(block, tuple(block_types)):
+            continue
+        last = block.conv3 if hasattr(block, "conv3") else block.conv2
+        norm = getattr(last, "norm", None)
+        if getattr(norm, "weight", None) is None:
+            raise ValueError(f"zero_init_residual: {type(block).__name__} has no norm with a scale after its "
+                             f"last conv (norm={type(norm).__name__}); use a norm such as BN, SyncBN or GN")
+        with torch.no_grad():
+            norm.weight.zero_()
+        count += 1
+    return count
 
 
 def norm_or_identity(norm, channels: int) -> nn.Module:

@@ -19,6 +19,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .blocks import (BasicBlock, BasicStem, BlockBase, BottleneckBlock, PreActBasicBlock, PreActBottleneckBlock,
                      norm_or_identity)
+from .blocks import zero_init_residual as zero_init_residual_
 from .shapes import DeclaredOutputs, ShapeSpec
 
 __all__ = ["RESNET_DEPTHS", "STAGE_NAMES", "ResNet", "build_resnet", "build_stages", "make_stage"]
@@ -232,6 +233,7 @@ def build_resnet(
     freeze_at: int = 0,
     out_features: Sequence[str] = ("res2", "res3", "res4", "res5"),
     preactivation: bool = False,
+    zero_init_residual: bool = False,
     num_classes: Optional[int] = None,
     body_class: Type[ResNet] = ResNet,
 ) -> ResNet:
@@ -253,6 +255,9 @@ def build_resnet(
         out_features: subset of "stem", "res2".."res5" (and "linear" with num_classes).
         preactivation: build pre-activation blocks (see :class:`ResNet` ``feature_norm`` for what the
             emitted res2..res5 are).
+        zero_init_residual: start each block as the identity (the last norm's scale of every residual
+            branch at zero, :func:`~resnet_backbones.modeling.blocks.zero_init_residual`); an
+            initialisation for training from scratch, which loaded weights replace. Original blocks only.
         num_classes: add the ImageNet classifier head.
         body_class: the ResNet subclass to instantiate (the detectron2 adapter passes its Backbone
             subclass; the constructor arguments are the same).
@@ -262,6 +267,11 @@ def build_resnet(
                            res2_out_channels=res2_out_channels, num_groups=num_groups,
                            width_per_group=width_per_group, stride_in_1x1=stride_in_1x1,
                            res5_dilation=res5_dilation, preactivation=preactivation)
+    if zero_init_residual:
+        if preactivation:
+            raise ValueError("zero_init_residual is defined for the original blocks, not pre-activation ones "
+                             "(whose branches end in a conv)")
+        zero_init_residual_(nn.ModuleList([block for stage in stages for block in stage]))
     kind = RESNET_DEPTHS[depth][0]
 
     model = body_class(

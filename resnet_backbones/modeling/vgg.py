@@ -96,10 +96,17 @@ class VGG(DeclaredOutputs, nn.Module):
 
 
 def build_vgg(*, depth: int = 16, in_channels: int = 3, out_features: Sequence[str] = ("conv5",),
-              freeze_at: int = 2, body_class=VGG) -> VGG:
-    """VGG-16 (or -19) up to the requested block, conv5_3 by default (the Faster R-CNN body)."""
+              freeze_at: int = 2, conv1_channels: int = 64, body_class=VGG) -> VGG:
+    """VGG-16 (or -19) up to the requested block, conv5_3 by default (the Faster R-CNN body).
+
+    ``conv1_channels``: the width of block conv1, 64 in the paper; every block scales with it (16 gives
+    16, 32, 64, 128, 128 channels: a quarter-width VGG-16, as the quarter-width ResNet-50 of the C4 quick
+    schedule). ImageNet weights exist for 64 only."""
     if depth not in VGG_DEPTHS:
         raise ValueError(f"VGG depth {depth} is not one of {sorted(VGG_DEPTHS)}")
-    model = body_class(VGG_DEPTHS[depth], in_channels=in_channels, out_features=out_features, freeze_at=freeze_at)
+    if conv1_channels < 1:
+        raise ValueError(f"conv1_channels={conv1_channels} must be a positive channel count (64: the paper's VGG)")
+    blocks = tuple(tuple(c * conv1_channels // 64 for c in block) for block in VGG_DEPTHS[depth])
+    model = body_class(blocks, in_channels=in_channels, out_features=out_features, freeze_at=freeze_at)
     model.depth = depth
     return model
