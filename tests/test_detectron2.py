@@ -454,3 +454,24 @@ def test_padding_constraints_are_the_keys_detectron2_reads():
     body = resnet_backbone(depth=18, out_features=["res4"])
     assert body.size_divisibility == 0
     assert ImageList.from_tensors(images, 0, padding_constraints=body.padding_constraints).tensor.shape[-2:] == (100, 130)
+
+
+@pytest.mark.parametrize("config", ["quick_schedules/faster_rcnn_R50_C4_synthetic.yaml",
+                                    "quick_schedules/faster_rcnn_R50_DC5_synthetic.yaml"])
+def test_zero_init_residual_is_the_same_on_both_engines(config):
+    """MODEL.RESNET_BACKBONES.ZERO_INIT_RESIDUAL zeroes the same tensors on both engines: the body's (our
+    builder on both) and, for C4, detectron2's own res5 head (the engine's Trainer) and ours."""
+    from resnet_backbones.d2.train import Trainer
+    from resnet_backbones.tv.model import build_model as tv_build_model
+    from resnet_backbones.weights.detector import to_torchvision
+
+    def zeros(state):
+        return {k for k, v in state.items() if k.endswith("norm.weight") and not v.any()}
+
+    overrides = ["MODEL.RESNET_BACKBONES.ZERO_INIT_RESIDUAL", "True"]
+    d2_model = Trainer.build_model(load_config(config, overrides, use_detectron2=True))
+    d2_zeros = zeros(to_torchvision(d2_model.state_dict()).state)
+    tv_zeros = zeros(tv_build_model(load_config(config, overrides, use_detectron2=False)).state_dict())
+    assert d2_zeros == tv_zeros and len(tv_zeros) == 16  # 3 + 4 + 6 + 3 bottleneck blocks
+    assert any(k.startswith("roi_heads.res5.") for k in tv_zeros) == ("C4" in config)
+    assert not zeros(build_model(load_config(config, [], use_detectron2=True)).state_dict())  # off by default

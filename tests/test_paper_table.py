@@ -39,6 +39,15 @@ def test_prints_both_runs_beside_the_paper(tmp_path):
     assert "iteration 399" in r.stdout
 
 
+def test_the_coco_configs_are_one_recipe(tmp_path):
+    vgg = fake_run(tmp_path / "vgg", "faster_rcnn_VGG16.yaml", 41.0, 21.0)
+    r101 = fake_run(tmp_path / "r101", "faster_rcnn_R101_C4.yaml", 48.0, 27.0)
+    r = paper_table(vgg, r101)
+    assert r.returncode == 0, r.stderr
+    assert "| ResNet-101 C4 | 48.0 | 27.0 | ResNet-101 | 48.4 | 27.2 |" in r.stdout
+    assert "miniature" not in r.stdout and "coco_2017_val" in r.stdout
+
+
 def test_refuses_runs_of_different_recipes_naming_the_keys(tmp_path):
     vgg = fake_run(tmp_path / "vgg", "quick_schedules/faster_rcnn_VGG16_synthetic.yaml", 40.0, 20.0,
                    "SOLVER.MAX_ITER", "800")

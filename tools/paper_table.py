@@ -24,8 +24,9 @@ import yaml
 # He et al. 2016, Table 8: Faster R-CNN on COCO val (trained on COCO train), in percent.
 PAPER = {"VGG-16": {"AP50": 41.5, "AP": 21.2}, "ResNet-101": {"AP50": 48.4, "AP": 27.2}}
 COCO_VAL = ("coco_2014_minival", "coco_2014_val", "coco_2017_val", "coco_2014_minival_100", "coco_2017_val_100")
-# Keys that make the backbone (and its per-RoI head) what it is, or only name the run: the rest is the recipe.
-BACKBONE_KEYS = ("MODEL.BACKBONE.", "MODEL.RESNETS.", "MODEL.RESNET_BACKBONES.VGG_", "MODEL.RESNET_BACKBONES.ZERO_INIT",
+# Keys that make the backbone (and its per-RoI head) what it is, with the input convention of its weights
+# (VGG-16: torchvision's RGB, mean/std; R-101: MSRA's BGR, mean only), or only name the run: the rest is the recipe.
+BACKBONE_KEYS = ("MODEL.PIXEL_MEAN", "MODEL.PIXEL_STD", "INPUT.FORMAT", "MODEL.BACKBONE.", "MODEL.RESNETS.", "MODEL.RESNET_BACKBONES.VGG_", "MODEL.RESNET_BACKBONES.ZERO_INIT",
                  "MODEL.ROI_HEADS.NAME", "MODEL.ROI_HEADS.IN_FEATURES", "MODEL.RPN.IN_FEATURES", "MODEL.ROI_BOX_HEAD.",
                  "MODEL.ROI_MASK_HEAD.", "MODEL.WEIGHTS", "MODEL.RESNET_BACKBONES.WEIGHTS_FORMAT", "MODEL.FPN.",
                  "OUTPUT_DIR", "SEED")
