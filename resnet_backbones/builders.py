@@ -102,8 +102,8 @@ def build_vgg_from_cfg(cfg, in_channels: int = 3, body_class=VGG) -> VGG:
     try:
         return build_vgg(depth=cfg.MODEL.RESNET_BACKBONES.VGG_DEPTH, in_channels=in_channels,
                          out_features=list(cfg.MODEL.RESNET_BACKBONES.VGG_OUT_FEATURES),
-                         freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT, conv1_channels=cfg.MODEL.RESNET_BACKBONES.VGG_CONV1_CHANNELS,
-                         body_class=body_class)
+                         freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
+                         conv1_channels=cfg.MODEL.RESNET_BACKBONES.VGG_CONV1_CHANNELS, body_class=body_class)
     except ValueError as e:
         raise ConfigError("MODEL.RESNET_BACKBONES.VGG_DEPTH/VGG_OUT_FEATURES/VGG_CONV1_CHANNELS, "
                           f"MODEL.BACKBONE.FREEZE_AT: {e}") from None

@@ -213,8 +213,8 @@ def add_resnet_backbones_config(cfg) -> None:
     ZERO_INIT_RESIDUAL: initialise the last norm's scale of every residual branch to zero, in the body and
         the C4 res5 head, so each block starts as the identity (Goyal et al. 2017, section 5.1;
         torchvision's ``zero_init_residual``). For training from scratch: loaded weights replace it.
-        False is detectron2's initialisation. On the quarter-width ResNet-50 of the C4/DC5 quick
-        schedules it is what makes them learn (configs/quick_schedules/README.md).
+        False is detectron2's initialisation. From scratch it lifts a quarter-width ResNet-50 FPN from bbox
+        AP50 11.9 to 52.7 and the DC5 quick schedule from 6.2 to 22.6 (configs/quick_schedules/README.md).
     WEIGHTS_FORMAT: format of MODEL.WEIGHTS when it is an ImageNet/backbone source: "auto",
         "torchvision", "timm", "caffe2" or "detectron2".
     FPN_TOP_BLOCK: "LastLevelMaxPool" (p6, as detectron2's build_resnet_fpn_backbone) or "LastLevelP6P7".

@@ -26,8 +26,9 @@ PAPER = {"VGG-16": {"AP50": 41.5, "AP": 21.2}, "ResNet-101": {"AP50": 48.4, "AP"
 COCO_VAL = ("coco_2014_minival", "coco_2014_val", "coco_2017_val", "coco_2014_minival_100", "coco_2017_val_100")
 # Keys that make the backbone (and its per-RoI head) what it is, with the input convention of its weights
 # (VGG-16: torchvision's RGB, mean/std; R-101: MSRA's BGR, mean only), or only name the run: the rest is the recipe.
-BACKBONE_KEYS = ("MODEL.PIXEL_MEAN", "MODEL.PIXEL_STD", "INPUT.FORMAT", "MODEL.BACKBONE.", "MODEL.RESNETS.", "MODEL.RESNET_BACKBONES.VGG_", "MODEL.RESNET_BACKBONES.ZERO_INIT",
-                 "MODEL.ROI_HEADS.NAME", "MODEL.ROI_HEADS.IN_FEATURES", "MODEL.RPN.IN_FEATURES", "MODEL.ROI_BOX_HEAD.",
+BACKBONE_KEYS = ("MODEL.PIXEL_MEAN", "MODEL.PIXEL_STD", "INPUT.FORMAT", "MODEL.BACKBONE.", "MODEL.RESNETS.",
+                 "MODEL.RESNET_BACKBONES.VGG_", "MODEL.RESNET_BACKBONES.ZERO_INIT", "MODEL.ROI_HEADS.NAME",
+                 "MODEL.ROI_HEADS.IN_FEATURES", "MODEL.RPN.IN_FEATURES", "MODEL.ROI_BOX_HEAD.",
                  "MODEL.ROI_MASK_HEAD.", "MODEL.WEIGHTS", "MODEL.RESNET_BACKBONES.WEIGHTS_FORMAT", "MODEL.FPN.",
                  "OUTPUT_DIR", "SEED")
 
@@ -65,7 +66,8 @@ def read_run(folder: str) -> dict:
                     last = record
     if last is None:
         raise RunError(f"{metrics_path} has no bbox evaluation (no 'bbox/AP50'): the run did not finish, or "
-                       "evaluated several datasets; evaluate its model_final.pth with --eval-only and one DATASETS.TEST")
+                       "evaluated several datasets; evaluate its model_final.pth with --eval-only and one "
+                       "DATASETS.TEST")
     return {"folder": folder, "cfg": cfg, "AP50": float(last["bbox/AP50"]), "AP": float(last["bbox/AP"]),
             "iteration": last.get("iteration")}
 
@@ -126,7 +128,8 @@ def table(vgg: dict, resnet: dict) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("runs", nargs=2, metavar="RUN_DIR", help="the OUTPUT_DIRs of a VGG-16 run and a ResNet run (any order)")
+    p.add_argument("runs", nargs=2, metavar="RUN_DIR",
+                   help="the OUTPUT_DIRs of a VGG-16 run and a ResNet run (any order)")
     p.add_argument("--allow-different-recipes", action="store_true",
                    help="print the table even if the two recipes differ outside the backbone (the keys are listed)")
     args = p.parse_args(argv)

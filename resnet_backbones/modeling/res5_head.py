@@ -27,7 +27,8 @@ def build_res5_head(
     The blocks are those :func:`build_resnet` makes for res5 with the same arguments (the same code and
     parameter names ``0.conv1.weight``, ``0.shortcut.norm.weight`` ...), so ImageNet res5 weights load
     into it. Bottleneck depths only (50, 101, 152): detectron2's head is 3 bottleneck blocks, which no
-    ResNet-18/34 has. ``zero_init_residual`` as :func:`~resnet_backbones.modeling.build_resnet`. Input (R, C4 channels, H, W) -> (R, 8 x res2 channels, ceil(H/2), ceil(W/2)).
+    ResNet-18/34 has. ``zero_init_residual`` as :func:`~resnet_backbones.modeling.build_resnet`.
+    Input (R, C4 channels, H, W) -> (R, 8 x res2 channels, ceil(H/2), ceil(W/2)).
     """
     if RESNET_DEPTHS.get(depth, ("",))[0] != "bottleneck":
         raise ValueError(f"a res5 head needs a bottleneck depth (50, 101, 152), got depth={depth}: detectron2's "

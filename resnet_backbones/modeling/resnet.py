@@ -255,7 +255,7 @@ def build_resnet(
         out_features: subset of "stem", "res2".."res5" (and "linear" with num_classes).
         preactivation: build pre-activation blocks (see :class:`ResNet` ``feature_norm`` for what the
             emitted res2..res5 are).
-        zero_init_residual: start each block as the identity (the last norm's scale of every residual
+        zero_init_residual: start each block as its shortcut (the last norm's scale of every residual
             branch at zero, :func:`~resnet_backbones.modeling.blocks.zero_init_residual`); an
             initialisation for training from scratch, which loaded weights replace. Original blocks only.
         num_classes: add the ImageNet classifier head.
