@@ -39,6 +39,18 @@ def resnet_kwargs_from_cfg(cfg, in_channels: int = 3) -> Dict[str, Any]:
             "MODEL.RESNETS.DEFORM_ON_PER_STAGE: deformable convolutions are not part of resnet_backbones; "
             "use detectron2's build_resnet_backbone for them"
         )
+    if cfg.MODEL.RESNET_BACKBONES.ZERO_INIT_RESIDUAL:
+        problems = []
+        if r.NORM in ("FrozenBN", ""):
+            problems.append(f"MODEL.RESNETS.NORM={r.NORM!r} (no trained scale: use BN, SyncBN or GN)")
+        if cfg.MODEL.BACKBONE.FREEZE_AT >= 2:
+            problems.append(f"MODEL.BACKBONE.FREEZE_AT={cfg.MODEL.BACKBONE.FREEZE_AT} (frozen blocks: use 0 or 1)")
+        if cfg.MODEL.RESNET_BACKBONES.PREACTIVATION:
+            problems.append("MODEL.RESNET_BACKBONES.PREACTIVATION=True (defined for the original blocks only)")
+        if problems:
+            raise ConfigError("MODEL.RESNET_BACKBONES.ZERO_INIT_RESIDUAL=True starts each residual branch at zero "
+                              "for training from scratch, which needs blocks that learn: " + "; ".join(problems)
+                              + "; or set it False")
     depth = r.DEPTH
     return dict(
         depth=depth,

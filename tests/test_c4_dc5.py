@@ -149,3 +149,16 @@ def test_shipped_recipes():
         assert cfg.SOLVER.MAX_ITER == (270000 if name.endswith("_3x.yaml") else 90000)
         assert cfg.MODEL.ROI_HEADS.NAME == ("Res5ROIHeads" if "_C4" in name else "StandardROIHeads")
         assert cfg.MODEL.RESNETS.STRIDE_IN_1X1 == (depth != 152)  # MSRA R-50/101, torchvision R-152
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (["MODEL.RESNETS.NORM", "FrozenBN"], "NORM='FrozenBN'"),
+    (["MODEL.BACKBONE.FREEZE_AT", "2"], "FREEZE_AT=2"),
+    (["MODEL.RESNET_BACKBONES.PREACTIVATION", "True"], "PREACTIVATION=True"),
+])
+def test_zero_init_residual_needs_blocks_that_learn(overrides, match):
+    """ZERO_INIT_RESIDUAL on a FrozenBN or frozen body would switch its branches off for good: refused."""
+    cfg = cfg_for("quick_schedules/faster_rcnn_R50_DC5_synthetic.yaml", *overrides)
+    assert cfg.MODEL.RESNET_BACKBONES.ZERO_INIT_RESIDUAL
+    with pytest.raises(ConfigError, match=f"ZERO_INIT_RESIDUAL=True .*{match}"):
+        build_model(cfg)

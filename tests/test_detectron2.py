@@ -474,4 +474,5 @@ def test_zero_init_residual_is_the_same_on_both_engines(config):
     tv_zeros = zeros(tv_build_model(load_config(config, overrides, use_detectron2=False)).state_dict())
     assert d2_zeros == tv_zeros and len(tv_zeros) == 16  # 3 + 4 + 6 + 3 bottleneck blocks
     assert any(k.startswith("roi_heads.res5.") for k in tv_zeros) == ("C4" in config)
-    assert not zeros(build_model(load_config(config, [], use_detectron2=True)).state_dict())  # off by default
+    off = load_config(config, ["MODEL.RESNET_BACKBONES.ZERO_INIT_RESIDUAL", "False"], use_detectron2=True)
+    assert not zeros(Trainer.build_model(off).state_dict())

@@ -151,8 +151,12 @@ def test_zero_init_residual_starts_each_block_as_its_shortcut(depth, last):
 def test_zero_init_residual_is_defined_for_the_original_blocks_only():
     with pytest.raises(ValueError, match="pre-activation"):
         build_resnet(depth=50, norm="BN", preactivation=True, zero_init_residual=True)
-    with pytest.raises(ValueError, match="no norm with a scale"):
+    with pytest.raises(ValueError, match="no trainable scale"):
         zero_init_residual(build_resnet(depth=18, norm=""))
+    with pytest.raises(ValueError, match="FrozenBN's is a fixed buffer"):
+        zero_init_residual(build_resnet(depth=50, norm="FrozenBN"))
+    with pytest.raises(ValueError, match="freeze_at=2"):
+        build_resnet(depth=50, norm="BN", freeze_at=2, zero_init_residual=True)
 
 
 def test_preactivation_basic_block_depth():

@@ -162,9 +162,10 @@ def zero_init_residual(module: nn.Module, block_types=(BasicBlock, BottleneckBlo
             continue
         last = block.conv3 if hasattr(block, "conv3") else block.conv2
         norm = getattr(last, "norm", None)
-        if getattr(norm, "weight", None) is None:
-            raise ValueError(f"zero_init_residual: {type(block).__name__} has no norm with a scale after its "
-                             f"last conv (norm={type(norm).__name__}); use a norm such as BN, SyncBN or GN")
+        if not isinstance(getattr(norm, "weight", None), nn.Parameter):
+            raise ValueError(f"zero_init_residual: {type(block).__name__} has no trainable scale after its last "
+                             f"conv (norm={type(norm).__name__}; a FrozenBN's is a fixed buffer, so the branch "
+                             "would stay switched off): use a trainable norm such as BN, SyncBN or GN")
         with torch.no_grad():
             norm.weight.zero_()
         count += 1

@@ -268,6 +268,9 @@ def build_resnet(
                            width_per_group=width_per_group, stride_in_1x1=stride_in_1x1,
                            res5_dilation=res5_dilation, preactivation=preactivation)
     if zero_init_residual:
+        if freeze_at >= 2:
+            raise ValueError(f"zero_init_residual with freeze_at={freeze_at}: the frozen stages' blocks would stay "
+                             "switched off; it is an initialisation for training from scratch (freeze_at 0 or 1)")
         if preactivation:
             raise ValueError("zero_init_residual is defined for the original blocks, not pre-activation ones "
                              "(whose branches end in a conv)")
