@@ -70,6 +70,7 @@ def dataset_class_names(cfg) -> List[str]:
     from .data import resolve_dataset
 
     if len(cfg.DATASETS.TRAIN):
+        json_file = None
         try:
             json_file = resolve_dataset(cfg.DATASETS.TRAIN[0], cfg).json_file
             with open(json_file) as f:
@@ -78,7 +79,8 @@ def dataset_class_names(cfg) -> List[str]:
         except DatasetError as e:
             logger.warning("class names as numbers: %s", str(e).splitlines()[0])
         except (OSError, ValueError, KeyError, TypeError) as e:
-            logger.warning("class names as numbers: %s has no readable categories (%s)", json_file, e)
+            logger.warning("class names as numbers: %s has no readable categories (%s)",
+                           json_file or cfg.DATASETS.TRAIN[0], e)
     return [str(i) for i in range(1, cfg.MODEL.ROI_HEADS.NUM_CLASSES + 1)]
 
 

@@ -271,9 +271,6 @@ def build_resnet(
         if freeze_at >= 2:
             raise ValueError(f"zero_init_residual with freeze_at={freeze_at}: the frozen stages' blocks would stay "
                              "switched off; it is an initialisation for training from scratch (freeze_at 0 or 1)")
-        if preactivation:
-            raise ValueError("zero_init_residual is defined for the original blocks, not pre-activation ones "
-                             "(whose branches end in a conv)")
         zero_init_residual_(nn.ModuleList([block for stage in stages for block in stage]))
     kind = RESNET_DEPTHS[depth][0]
 
