@@ -1,12 +1,17 @@
 """Export a trained detector to TorchScript or ONNX, and run the exported file with the eager model's own
 pre- and post-processing.
 
-What is exported (:class:`DetectorGraph`): one image in, its detections out, for any image size. Inputs
-are the normalised, zero-padded image ``(1, 3, H, W)`` float32 and its size before padding ``(2,)``
-int64 (height, width); outputs are ``boxes`` (K, 4) XYXY in that resized frame, ``scores`` (K,),
-``labels`` (K,) int64 (1-based; 0 is the background) and, for Mask R-CNN, ``masks`` (K, 1, M, M): each
-detection's mask probabilities at the head's resolution (28 x 28 for FPN), not pasted. Both formats are
-traced from the torchvision engine's modules (detectron2 exports by tracing too, with a fixed batch).
+What is exported (:class:`DetectorGraph`): a batch of N images in, their detections out, for any image
+size; N is fixed when exporting (``batch_size``, 1 by default), as in detectron2's and torchvision's traced
+exports. Inputs are the normalised images zero-padded to one size, ``images`` (N, 3, H, W) float32, and
+each image's size before padding, ``image_sizes`` (N, 2) int64 (height, width). Outputs are the N images'
+detections one after the other: ``boxes`` (K, 4) XYXY in the resized frame, ``scores`` (K,), ``labels``
+(K,) int64 (1-based; 0 is the background), for Mask R-CNN ``masks`` (K, 1, M, M), each detection's mask
+probabilities at the head's resolution (28 x 28 for FPN), not pasted; and ``counts`` (N,) int64, how many
+of the K rows belong to each image (image i has rows ``counts[:i].sum()`` to ``counts[:i+1].sum()``). The
+backbone and the RPN's convolutions run on the batch; proposals and ROI heads image by image (the loop is
+unrolled when tracing, hence the fixed N). Both formats are traced from the torchvision engine's modules
+(detectron2 exports by tracing too, with a fixed batch).
 
 What stays outside (:class:`ExportedDetector`): reading the image, the resize to INPUT.MIN_SIZE_TEST /
 MAX_SIZE_TEST (PIL's bilinear filter, as detectron2's ResizeShortestEdge: an op no exporter has), the
@@ -18,8 +23,9 @@ pixels and report in the same frame. To paste masks yourself:
 :func:`resnet_backbones.tv.parity.paste_masks_like_detectron2` (``masks[:, 0]``, the boxes in image
 pixels, the image size, 0.5).
 
-The graph takes one image; :class:`ExportedDetector` (and :class:`resnet_backbones.Predictor` on it) run
-a list of images one after the other.
+:class:`ExportedDetector` (and :class:`resnet_backbones.Predictor` on it) take a list of any length: N
+images per run, padded to the largest of them as the eager model pads a batch; a last, shorter group is
+filled with copies of its last image (the padded size stays that of the group), whose detections are dropped.
 """
 import copy
 import inspect
@@ -44,54 +50,66 @@ ONNX_OPSET = 17  # RoiAlign with aligned=True needs 16
 
 class DetectorGraph(nn.Module):
     """What the exported file computes: the backbone, the RPN and the ROI heads of a torchvision-engine
-    model (``GeneralizedRCNN``) on one preprocessed image, as its ``forward`` computes them between the
-    transform and its postprocess (see the module docstring for inputs and outputs)."""
+    model (``GeneralizedRCNN``) on a preprocessed batch, as its ``forward`` computes them between the
+    transform and its postprocess (see the module docstring for inputs and outputs). The proposals and
+    the ROI heads run one image at a time, so that no per-image count is frozen into a traced graph."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.backbone, self.rpn, self.roi_heads = model.backbone, model.rpn, model.roi_heads
         self.mask_on = model.roi_heads.has_mask()
 
-    def forward(self, image: torch.Tensor, image_size: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-        features = self.backbone(image)
-        sizes = [(image_size[0], image_size[1])]
+    def forward(self, images: torch.Tensor, image_sizes: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        features = self.backbone(images)
         logits, deltas, anchors = self.rpn.predict(features)
-        proposals, _ = self.rpn.find_top_proposals(anchors, logits, deltas, sizes)
-        result = self.roi_heads(features, proposals, sizes)[0][0]
-        out = (result["boxes"], result["scores"], result["labels"])
-        return out + (result["masks"],) if self.mask_on else out
+        results = []
+        for i in range(images.shape[0]):  # unrolled by the tracer: the batch size is the traced one
+            size = [(image_sizes[i, 0], image_sizes[i, 1])]
+            proposals, _ = self.rpn.find_top_proposals(
+                anchors, [x[i:i + 1] for x in logits], [x[i:i + 1] for x in deltas], size)
+            results.append(self.roi_heads({k: v[i:i + 1] for k, v in features.items()}, proposals, size)[0][0])
+        names = ["boxes", "scores", "labels"] + (["masks"] if self.mask_on else [])
+        out = tuple(torch.cat([r[name] for r in results]) for name in names)
+        # How many rows each image has, traced from the tensors (not a Python int, which would be frozen).
+        counts = torch.stack([torch.ones_like(r["scores"], dtype=torch.int64).sum() for r in results])
+        return out + (counts,)
 
 
 def _output_names(mask_on: bool) -> List[str]:
-    return ["boxes", "scores", "labels"] + (["masks"] if mask_on else [])
+    return ["boxes", "scores", "labels"] + (["masks"] if mask_on else []) + ["counts"]
 
 
-def _example(size_divisibility: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """A traced example: a random image of an unremarkable size (the graph is size-agnostic)."""
-    h, w = 240, 320
+def _example(size_divisibility: int, batch_size: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """A traced example: random images of unremarkable, unequal sizes, padded to one (the graph is
+    size-agnostic)."""
+    sizes = [(240 - 16 * (i % 3), 320 - 32 * (i % 2)) for i in range(batch_size)]
     pad = max(size_divisibility, 1)
     generator = torch.Generator().manual_seed(0)
-    image = torch.zeros(1, 3, -(-h // pad) * pad, -(-w // pad) * pad)
-    image[..., :h, :w] = torch.randn(1, 3, h, w, generator=generator)
-    return image, torch.tensor([h, w], dtype=torch.int64)
+    images = torch.zeros(batch_size, 3, -(-240 // pad) * pad, -(-320 // pad) * pad)
+    for image, (h, w) in zip(images, sizes):
+        image[:, :h, :w] = torch.randn(3, h, w, generator=generator)
+    return images, torch.tensor(sizes, dtype=torch.int64)
 
 
-def export_detector(cfg, model: nn.Module, output_dir: str, fmt: str, class_names: Optional[List[str]] = None) -> str:
+def export_detector(cfg, model: nn.Module, output_dir: str, fmt: str, class_names: Optional[List[str]] = None,
+                    batch_size: int = 1) -> str:
     """Write ``model`` (a torchvision-engine detector with its weights loaded; left as it is: a copy is
-    exported) to ``output_dir`` as ``fmt`` ("torchscript" or "onnx"), with the ``config.yaml`` its
-    wrapper rebuilds the pre- and post-processing from and an ``export.json`` naming the format, the
-    outputs and ``class_names`` (of classes 1..NUM_CLASSES). ``cfg`` is the torchvision engine's
-    (``resnet_backbones.config.load_config(..., use_detectron2=False)``), whose dump the wrapper reads
-    back. Returns the model path."""
+    exported) to ``output_dir`` as ``fmt`` ("torchscript" or "onnx"), taking ``batch_size`` images per
+    run, with the ``config.yaml`` its wrapper rebuilds the pre- and post-processing from and an
+    ``export.json`` naming the format, the batch size, the outputs and ``class_names`` (of classes
+    1..NUM_CLASSES). ``cfg`` is the torchvision engine's (``resnet_backbones.config.load_config(...,
+    use_detectron2=False)``), whose dump the wrapper reads back. Returns the model path."""
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt!r}: one of {sorted(FORMATS)}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"--batch-size {batch_size!r}: a whole number of images, 1 or more")
     from .inference import inference_model
 
     os.makedirs(output_dir, exist_ok=True)
     # MODEL.RESNET_BACKBONES.OPTIMIZE_FOR_INFERENCE: the copy with batch norms folded (exact), as evaluation runs.
     model = inference_model(cfg, copy.deepcopy(model).eval().float().cpu())
     graph = DetectorGraph(model).eval()
-    example = _example(model.backbone.size_divisibility)
+    example = _example(model.backbone.size_divisibility, batch_size)
     names = _output_names(graph.mask_on)
     path = os.path.join(output_dir, FORMATS[fmt])
     with torch.no_grad(), warnings.catch_warnings():
@@ -109,13 +127,15 @@ def export_detector(cfg, model: nn.Module, output_dir: str, fmt: str, class_name
             # The TorchScript-based exporter (torch >= 2.5 defaults to the torch.export one, which cannot
             # take the per-image data-dependent shapes of detection).
             legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
-            torch.onnx.export(graph, example, path, opset_version=ONNX_OPSET, input_names=["image", "image_size"],
+            torch.onnx.export(graph, example, path, opset_version=ONNX_OPSET, input_names=["images", "image_sizes"],
                               output_names=names, **legacy,
-                              dynamic_axes={"image": {2: "height", 3: "width"}, **{n: {0: "detections"} for n in names}})
+                              dynamic_axes={"images": {2: "height", 3: "width"},
+                                            **{n: {0: "detections"} for n in names if n != "counts"}})
     with open(os.path.join(output_dir, "config.yaml"), "w") as f:
         f.write(cfg.dump())
     with open(os.path.join(output_dir, "export.json"), "w") as f:
-        json.dump({"format": fmt, "file": FORMATS[fmt], "inputs": ["image", "image_size"], "outputs": names,
+        json.dump({"format": fmt, "file": FORMATS[fmt], "batch_size": batch_size, "inputs": ["images", "image_sizes"],
+                   "outputs": names,
                    "size_divisibility": model.backbone.size_divisibility, "class_names": class_names,
                    "onnx_opset": ONNX_OPSET if fmt == "onnx" else None}, f, indent=1)
     logger.info("exported %s to %s", fmt, path)
@@ -138,7 +158,10 @@ class ExportedDetector(nn.Module):
             raise ConfigError(f"{export_dir} holds no export.json: export a model there with tools/export_model.py")
         with open(meta_path) as f:
             meta = json.load(f)
-        self.format, self.output_names = meta["format"], meta["outputs"]
+        if "batch_size" not in meta:
+            raise ConfigError(f"{export_dir} was exported by an earlier resnet_backbones (one image per graph, no "
+                              "'counts' output): export it again with tools/export_model.py")
+        self.format, self.output_names, self.batch_size = meta["format"], meta["outputs"], meta["batch_size"]
         self.class_names: Optional[List[str]] = meta.get("class_names")
         self.cfg = load_config(os.path.join(export_dir, "config.yaml"), ["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu"],
                                use_detectron2=False)
@@ -163,20 +186,28 @@ class ExportedDetector(nn.Module):
             raise RuntimeError("an exported detector cannot train: train the eager model and export it again")
         return super().train(False)
 
-    def _run(self, image: torch.Tensor, size: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def _run(self, images: torch.Tensor, sizes: torch.Tensor) -> List[Dict[str, torch.Tensor]]:
+        """The graph on one padded batch: its outputs split into one dict per image."""
         if self._session is None:
-            outputs = self.graph(image, size)
+            outputs = self.graph(images, sizes)
         else:
             outputs = [torch.from_numpy(o) for o in self._session.run(
-                None, {"image": image.numpy(), "image_size": size.numpy()})]
-        return dict(zip(self.output_names, outputs))
+                None, {"images": images.numpy(), "image_sizes": sizes.numpy()})]
+        named = dict(zip(self.output_names, outputs))
+        counts = named.pop("counts").tolist()
+        split = {k: v.split(counts) for k, v in named.items()}
+        return [{k: v[i] for k, v in split.items()} for i in range(len(counts))]
 
     @torch.no_grad()
     def forward(self, images: List[torch.Tensor]) -> List[Dict[str, torch.Tensor]]:
         results = []
-        for image in images:
-            original = tuple(image.shape[-2:])
-            batch, _ = self.transform([image])
-            result = self._run(batch.tensors, torch.tensor(batch.image_sizes[0], dtype=torch.int64))
-            results.extend(self.transform.postprocess([result], batch.image_sizes, [original]))
+        for start in range(0, len(images), self.batch_size):
+            group = list(images[start:start + self.batch_size])
+            real = len(group)
+            group += [group[-1]] * (self.batch_size - real)  # the graph's fixed N; the padded size is unchanged
+            batch, _ = self.transform(group)
+            sizes = torch.tensor(batch.image_sizes, dtype=torch.int64)
+            detections = self._run(batch.tensors, sizes)[:real]
+            results.extend(self.transform.postprocess(detections, batch.image_sizes[:real],
+                                                      [tuple(im.shape[-2:]) for im in group[:real]]))
         return results

@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from resnet_backbones.benchmark import cpu_info, describe_cpu
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -65,3 +67,24 @@ def test_profile_attributes_the_step_to_the_detector_parts():
     assert abs(sum(parts.values()) - prof["step_ms"]) < 1e-6 * prof["step_ms"] + 1e-9
     assert len(prof["ops"]) == 5 and any("conv" in op["op"] for op in prof["ops"])
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in step.model.modules())
+
+
+def test_detector_eval_rows_count_the_graph_and_batch_the_export(tmp_path):
+    """detector-eval at batch 2: every row runs the two images in one call (the ONNX row exported for 2),
+    and the FLOPs counted on the exported graph are the same for every row and twice one image's."""
+    pytest.importorskip("onnxruntime", reason="pip install 'resnet_backbones[export]' (CI installs it)")
+    from resnet_backbones.benchmark import detector_eval_gflop
+
+    out = tmp_path / "bench.json"
+    config = "quick_schedules/faster_rcnn_R18_synthetic.yaml"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tools", "benchmark.py"), "--depths", "18", "--modes", "detector-eval",
+         "--eval-variants", "tv-engine", "tv-export-onnx", "--size", "64", "96", "--batch", "2", "--repeats", "1",
+         "--warmup", "0", "--device", "cpu", "--detector-config", config, "--json", str(out)],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = {r["variant"]: r for r in json.loads(out.read_text())["runs"]}
+    assert set(rows) == {"tv-engine", "tv-export-onnx"} and not any("error" in r for r in rows.values()), rows
+    one = detector_eval_gflop(18, (64, 96), config)
+    assert one > 0 and all(abs(r["gflop"] - 2 * one) < 1e-6 * one for r in rows.values())
+    assert "% |" in "".join(line for line in proc.stdout.splitlines() if line.startswith("| detector-eval"))

@@ -87,6 +87,8 @@ def main(argv=None) -> int:
     p.add_argument("--config", "--config-file", dest="config", required=True)
     p.add_argument("--format", required=True, choices=sorted(FORMATS))
     p.add_argument("--output", required=True, help="folder for the exported model")
+    p.add_argument("--batch-size", type=int, default=1,
+                   help="images per run of the graph (fixed at export; the wrapper fills a last, shorter batch)")
     p.add_argument("--eval", metavar="DATASET", help="also evaluate the exported and the eager model on DATASET")
     add_dataset_argument(p)
     p.add_argument("opts", nargs="*", help="KEY VALUE overrides (MODEL.WEIGHTS ...)")
@@ -100,8 +102,9 @@ def main(argv=None) -> int:
         if load_model_weights(model, cfg) != "detector":
             raise ConfigError(f"MODEL.WEIGHTS={cfg.MODEL.WEIGHTS!r} is not a trained detector checkpoint: pass one "
                               "(e.g. OUTPUT_DIR/model_final.pth of a training run)")
-        path = export_detector(cfg, model, args.output, args.format, class_names=dataset_class_names(cfg))
-        print(f"exported {args.format}: {path}")
+        path = export_detector(cfg, model, args.output, args.format, class_names=dataset_class_names(cfg),
+                               batch_size=args.batch_size)
+        print(f"exported {args.format} (batch size {args.batch_size}): {path}")
         if args.eval:
             from resnet_backbones.inference import inference_model
 

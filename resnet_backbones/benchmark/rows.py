@@ -5,7 +5,7 @@ architecture (ResNet-FPN, FrozenBN, FREEZE_AT 2, one stride position); rows diff
 import torch
 
 __all__ = ["VARIANTS", "DETECTOR_VARIANTS", "EVAL_VARIANTS", "MODES", "half_dtype", "build_backbone",
-           "detector_step", "detector_eval", "describe"]
+           "detector_step", "detector_eval", "detector_eval_gflop", "describe"]
 
 # name: (modes, builder shown in the table, inference memory format / training memory format, compiled)
 VARIANTS = {
@@ -147,9 +147,11 @@ def detector_step(variant: str, depth: int, size, batch: int, device, config: st
 
 
 def detector_eval(variant: str, depth: int, size, batch: int, device, config: str):
-    """What --eval-only does per image, for ``batch`` images one at a time: preprocessing, backbone, RPN,
-    box head and postprocessing, with the config's inference keys (as both engines' evaluation applies
-    them: :func:`resnet_backbones.inference.inference_runner`)."""
+    """What --eval-only does, on one batch of ``batch`` images (one call, as detectron2's batched
+    inference and :class:`resnet_backbones.Predictor` make it): preprocessing, backbone, RPN, box head and
+    postprocessing, with the config's inference keys (as both engines' evaluation applies them:
+    :func:`resnet_backbones.inference.inference_runner`). The exported rows are exported for ``batch``
+    images per graph."""
     from resnet_backbones.inference import inference_runner
 
     overrides = ["INPUT.MIN_SIZE_TEST", str(min(size)), "INPUT.MAX_SIZE_TEST", str(max(size))]
@@ -170,21 +172,39 @@ def detector_eval(variant: str, depth: int, size, batch: int, device, config: st
             raise ValueError(f"{variant}: the exported detectors run on the CPU only")
         folder = tempfile.mkdtemp(prefix="rb_export_")
         atexit.register(shutil.rmtree, folder, ignore_errors=True)
-        export_detector(cfg, model, folder, EXPORT_FORMATS[variant])
+        export_detector(cfg, model, folder, EXPORT_FORMATS[variant], batch_size=batch)
         runner = ExportedDetector(folder)
     else:
         runner = inference_runner(cfg, model, device)
     images = [(torch.rand(3, *size) * 255).to(device) for _ in range(batch)]
-    inputs = [[{"image": im, "height": size[0], "width": size[1]}] if variant.startswith("d2") else [im]
-              for im in images]
+    if variant.startswith("d2"):
+        inputs = [{"image": im, "height": size[0], "width": size[1]} for im in images]
+    else:
+        inputs = images
 
     def step():
         with torch.no_grad():
-            for x in inputs:
-                runner(x)
+            runner(inputs)
 
     step.model = model  # for --profile's per-module scopes
     return step, sum(p.numel() for p in model.parameters())
+
+
+def detector_eval_gflop(depth: int, size, config: str) -> float:
+    """The forward FLOPs of one image through ``config``'s detector at ``size`` (fvcore on the exported
+    graph of the torchvision engine, :class:`resnet_backbones.export.DetectorGraph`: the convolutions and
+    linear layers of backbone, RPN head and box head, which both engines share; RoIAlign, NMS and the
+    elementwise ops uncounted). The same for every detector-eval row: their arithmetic is one model's."""
+    from resnet_backbones.export import DetectorGraph
+    from resnet_backbones.inference import inference_model
+
+    from .measure import count_gflop
+
+    overrides = ["INPUT.MIN_SIZE_TEST", str(min(size)), "INPUT.MAX_SIZE_TEST", str(max(size))]
+    model, cfg = _build_detector("tv", depth, torch.device("cpu"), config, overrides)
+    graph = DetectorGraph(inference_model(cfg, model.eval())).eval()
+    image = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    return count_gflop(graph, (image, torch.tensor([list(size)], dtype=torch.int64)))
 
 
 def describe(variant: str, mode: str, device, native_bf16: bool) -> tuple:
