@@ -97,6 +97,56 @@ def test_a_batched_export_gives_the_eager_batch(layout, fmt, images, tmp_path):
         export_detector(cfg, model, str(tmp_path), fmt, batch_size=0)
 
 
+class _Pooler(torch.nn.Module):
+    """The FPN box pooler on tensors (one image), as a traced graph calls it."""
+
+    def __init__(self):
+        super().__init__()
+        from resnet_backbones.tv.parity.poolers import MultiLevelRoIAlign
+
+        self.pool = MultiLevelRoIAlign(["p2", "p3", "p4", "p5"], [4, 8, 16, 32], 7, 0, True)
+
+    def forward(self, p2, p3, p4, p5, boxes):
+        return self.pool({"p2": p2, "p3": p3, "p4": p4, "p5": p5}, [boxes])
+
+
+def _boxes_per_level(counts):
+    """Square boxes whose sqrt(area) sends ``counts[i]`` of them to level i (56, 112, 224, 448 px: p2..p5)."""
+    out = [[8.0 + j, 8.0 + j, 8.0 + j + side, 8.0 + j + side] for side, n in zip((56, 112, 224, 448), counts)
+           for j in range(n)]
+    return torch.tensor(out).reshape(-1, 4)
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_the_traced_pooler_takes_any_number_of_boxes_per_level(fmt, tmp_path):
+    """Traced with exactly one box per level, then run with none, one and several: no count is frozen
+    (a traced index_put of one row was: the exported detector then failed on another image)."""
+    pooler = _Pooler().eval()
+    g = torch.Generator().manual_seed(0)
+    feats = tuple(torch.randn(1, 4, 512 // s, 512 // s, generator=g) for s in (4, 8, 16, 32))
+    example = _boxes_per_level([1, 1, 1, 1])
+    if fmt == "torchscript":
+        graph = torch.jit.trace(pooler, feats + (example,), check_trace=False)
+        run = graph
+    else:
+        import onnxruntime
+
+        path = str(tmp_path / "pooler.onnx")
+        torch.onnx.export(pooler, feats + (example,), path, opset_version=17, dynamo=False,
+                          input_names=["p2", "p3", "p4", "p5", "boxes"], dynamic_axes={"boxes": {0: "n"}})
+        session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+
+        def run(*args):
+            names = ["p2", "p3", "p4", "p5", "boxes"]
+            return torch.from_numpy(session.run(None, {n: a.numpy() for n, a in zip(names, args)})[0])
+
+    for counts in ([1, 1, 1, 1], [0, 3, 1, 2], [2, 0, 0, 5], [0, 0, 0, 0]):
+        boxes = _boxes_per_level(counts)
+        ref = pooler(*feats, boxes)
+        assert ref.shape == (sum(counts), 4, 7, 7)
+        assert torch.allclose(run(*feats, boxes), ref, atol=1e-5)
+
+
 def test_optimize_for_inference_exports_the_folded_model(images, tmp_path):
     from resnet_backbones.inference import inference_model
 

@@ -38,9 +38,14 @@ class MultiLevelRoIAlign(nn.Module):
         sizes = ((rois[:, 3] - rois[:, 1]) * (rois[:, 4] - rois[:, 2])).sqrt()
         level = torch.floor(self.canonical_level + torch.log2(sizes / self.canonical_box_size + 1e-8))
         level = (level.clamp(self.min_level, self.max_level) - self.min_level).to(torch.int64)
-        out = x[0].new_zeros((rois.shape[0], x[0].shape[1]) + self.output_size)
+        # Each level pools its own rows, then the rows go back to the boxes' order: a permutation, so the
+        # same values as writing each level into its rows (detectron2's out[idx] = ...). Not that write: a
+        # traced index_put of a level with exactly one box freezes that count into the graph (a view to
+        # (C, H, W)), and an exported model then fails on an image whose level holds another number.
+        pooled, order = [], []
         for i, (feature, scale) in enumerate(zip(x, self.scales)):
             idx = torch.where(level == i)[0]  # possibly empty: no data-dependent branch, so traceable
-            out[idx] = roi_align(feature, rois[idx].to(feature.dtype), self.output_size, scale,
-                                 self.sampling_ratio, self.aligned).to(out.dtype)
-        return out
+            pooled.append(roi_align(feature, rois[idx].to(feature.dtype), self.output_size, scale,
+                                    self.sampling_ratio, self.aligned).to(x[0].dtype))
+            order.append(idx)
+        return torch.cat(pooled)[torch.argsort(torch.cat(order))]
