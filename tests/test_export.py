@@ -75,22 +75,23 @@ def test_export_gives_the_eager_detections(layout, fmt, images, tmp_path):
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
 def test_a_batched_export_gives_the_eager_batch(layout, fmt, images, tmp_path):
     """A graph of 2 images on 3 images: the first two as one padded batch, the third filled with a copy of
-    itself; each as the eager model computes the same groups."""
-    cfg, model = _model(layout)
+    itself; each as the eager model computes the same groups. Score threshold 0.3: a different number of
+    detections per image (not the 100 of every image at 0), so no count traced from the example holds."""
+    cfg, model = _model(layout, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.3")
     export_detector(cfg, model, str(tmp_path), fmt, batch_size=2)
     exported = ExportedDetector(str(tmp_path))
     assert exported.batch_size == 2
     with torch.no_grad():
         refs = model([im.clone() for im in images[:2]]) + model([images[2].clone()])
     outs = exported(images)
-    assert len(outs) == 3
+    assert len(outs) == 3 and len({len(r["scores"]) for r in refs}) == 3, [len(r["scores"]) for r in refs]
     for image, ref, out in zip(images, refs, outs):
-        assert len(ref["scores"]) == 100 and torch.equal(out["labels"], ref["labels"])
+        assert 0 < len(ref["scores"]) < 100 and torch.equal(out["labels"], ref["labels"])
         # Not bit for bit even in TorchScript: the graph's ROI heads run image by image, the eager batch's on
         # the RoIs of both images at once (other matmul blockings; measured 3e-4 px in C4's res5 head).
         assert (out["boxes"] - ref["boxes"]).abs().max() <= BOX_ATOL[layout]
         assert (out["scores"] - ref["scores"]).abs().max() <= 1e-5
-        assert out["masks"].shape == (100, 1) + tuple(image.shape[-2:])
+        assert out["masks"].shape == ref["masks"].shape == (len(ref["scores"]), 1) + tuple(image.shape[-2:])
         assert (out["masks"] != ref["masks"]).float().mean() <= 1e-3
     # Padding to the group's size moves detections: the batch differs from one image at a time.
     assert not torch.equal(outs[0]["boxes"], _eager(model, images[:1])[0]["boxes"])

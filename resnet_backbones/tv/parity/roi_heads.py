@@ -147,7 +147,9 @@ class Detectron2ROIHeads(RoIHeads):
         """``mask_rcnn_inference``: the sigmoid of each detection's own class channel, as ``masks``."""
         probs = mask_logits.float().sigmoid()
         for p, r in zip(_per_image(probs, [r["boxes"] for r in result]), result):
-            r["masks"] = p[torch.arange(len(p), device=p.device), r["labels"]][:, None]
+            # p[arange(K), labels][:, None] as a gather: a traced arange(len(p)) would freeze K into the graph.
+            index = r["labels"].view(-1, 1, 1, 1).expand(-1, 1, p.shape[2], p.shape[3])
+            r["masks"] = p.gather(1, index)
 
     def detections(self, class_logits, box_regression, proposals, image_shapes):
         boxes, scores, classes = self.postprocess_detections(class_logits, box_regression, proposals, image_shapes)
