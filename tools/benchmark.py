@@ -33,11 +33,12 @@ Detector variants (mode detector: one Faster R-CNN SGD step, synthetic batch, bo
 the same yaml, ``--detector-config``): d2-engine, d2-engine-amp, tv-engine, tv-engine-amp (AMP and
 MODEL.RESNET_BACKBONES.CHANNELS_LAST).
 Evaluation variants (mode detector-eval: what --eval-only does, ``--batch`` images in one call through the
-whole detector in eval mode, same yaml; GFLOP counted once, on the exported graph, for every row): d2-engine, tv-engine (FP32), tv-engine-opt
-(MODEL.RESNET_BACKBONES.OPTIMIZE_FOR_INFERENCE: batch norms folded, channels_last), tv-engine-opt-amp and
-d2-engine-opt-amp (+ MODEL.RESNET_BACKBONES.INFERENCE_AMP), tv-export-torchscript and tv-export-onnx (the
-OPTIMIZE_FOR_INFERENCE model exported by resnet_backbones.export, run by its wrapper: TorchScript in torch,
-ONNX in onnxruntime, which needs the [export] extra; CPU only).
+whole detector in eval mode, same yaml; GFLOP counted once, on the exported graph, for every row):
+d2-engine, tv-engine (FP32), tv-engine-opt (MODEL.RESNET_BACKBONES.OPTIMIZE_FOR_INFERENCE: batch norms
+folded, channels_last), tv-engine-opt-amp and d2-engine-opt-amp (+ MODEL.RESNET_BACKBONES.INFERENCE_AMP),
+tv-export-torchscript and tv-export-onnx (the OPTIMIZE_FOR_INFERENCE model exported by
+resnet_backbones.export for ``--batch`` images per graph, run by its wrapper: TorchScript in torch, ONNX in
+onnxruntime, which needs the [export] extra; CPU only).
 
 Autocast ("amp") is fp16 on CUDA and bf16 on a CPU. A CPU without native bf16 (oneDNN's
 ``_is_mkldnn_bf16_supported()`` False) emulates it, hundreds of times slower than FP32: amp rows are
