@@ -8,9 +8,10 @@ import warnings
 
 import torch
 
-from .rows import build_backbone, detector_eval, detector_step, half_dtype
+from .rows import _build_detector, build_backbone, detector_eval, detector_step, half_dtype
 
-__all__ = ["measure", "run_isolated", "matmul_peak", "count_gflop", "saved_activations_mb", "sync"]
+__all__ = ["measure", "run_isolated", "matmul_peak", "count_gflop", "detector_eval_gflop", "saved_activations_mb",
+           "sync"]
 
 def _rss_bytes() -> int:
     with open("/proc/self/statm") as f:
@@ -62,6 +63,21 @@ def count_gflop(model, x) -> float:
         total = counter.total()
     model.train(was_training)
     return 2 * total / 1e9
+
+
+def detector_eval_gflop(depth: int, size, config: str) -> float:
+    """The forward FLOPs of one image through ``config``'s detector at ``size`` (fvcore on the exported
+    graph of the torchvision engine, :class:`resnet_backbones.export.DetectorGraph`: the convolutions and
+    linear layers of backbone, RPN head and box head, which both engines share; RoIAlign, NMS and the
+    elementwise ops uncounted). The same for every detector-eval row: their arithmetic is one model's."""
+    from resnet_backbones.export import DetectorGraph
+    from resnet_backbones.inference import inference_model
+
+    overrides = ["INPUT.MIN_SIZE_TEST", str(min(size)), "INPUT.MAX_SIZE_TEST", str(max(size))]
+    model, cfg = _build_detector("tv", depth, torch.device("cpu"), config, overrides)
+    graph = DetectorGraph(inference_model(cfg, model.eval())).eval()
+    image = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    return count_gflop(graph, (image, torch.tensor([list(size)], dtype=torch.int64)))
 
 
 def measure(variant: str, mode: str, depth: int, size, batch: int, device_name: str, repeats: int, warmup: int,

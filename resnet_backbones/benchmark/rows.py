@@ -5,7 +5,7 @@ architecture (ResNet-FPN, FrozenBN, FREEZE_AT 2, one stride position); rows diff
 import torch
 
 __all__ = ["VARIANTS", "DETECTOR_VARIANTS", "EVAL_VARIANTS", "MODES", "half_dtype", "build_backbone",
-           "detector_step", "detector_eval", "detector_eval_gflop", "describe"]
+           "detector_step", "detector_eval", "describe"]
 
 # name: (modes, builder shown in the table, inference memory format / training memory format, compiled)
 VARIANTS = {
@@ -188,23 +188,6 @@ def detector_eval(variant: str, depth: int, size, batch: int, device, config: st
 
     step.model = model  # for --profile's per-module scopes
     return step, sum(p.numel() for p in model.parameters())
-
-
-def detector_eval_gflop(depth: int, size, config: str) -> float:
-    """The forward FLOPs of one image through ``config``'s detector at ``size`` (fvcore on the exported
-    graph of the torchvision engine, :class:`resnet_backbones.export.DetectorGraph`: the convolutions and
-    linear layers of backbone, RPN head and box head, which both engines share; RoIAlign, NMS and the
-    elementwise ops uncounted). The same for every detector-eval row: their arithmetic is one model's."""
-    from resnet_backbones.export import DetectorGraph
-    from resnet_backbones.inference import inference_model
-
-    from .measure import count_gflop
-
-    overrides = ["INPUT.MIN_SIZE_TEST", str(min(size)), "INPUT.MAX_SIZE_TEST", str(max(size))]
-    model, cfg = _build_detector("tv", depth, torch.device("cpu"), config, overrides)
-    graph = DetectorGraph(inference_model(cfg, model.eval())).eval()
-    image = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    return count_gflop(graph, (image, torch.tensor([list(size)], dtype=torch.int64)))
 
 
 def describe(variant: str, mode: str, device, native_bf16: bool) -> tuple:
