@@ -195,22 +195,24 @@ def _export_and_compare(config, weights, fmt, folder, *extra):
 
 @pytest.mark.slow
 def test_a_trained_mask_rcnn_exports_with_the_eager_segm_ap(tmp_path):
-    """A short Mask R-CNN training (R18-FPN quick schedule cut to 100 iterations), exported to both formats,
+    """A short Mask R-CNN training (R18-FPN quick schedule cut to 100 iterations), exported to ONNX,
     batched (2 images per graph): the exported bbox and segm APs equal the eager ones within 0.1 and
-    the boxes agree, on a model whose masks have learned something (segm AP50 above 1)."""
+    the boxes agree, on a model whose masks have learned something (segm AP50 above 1). ONNX only, to keep
+    CI short: TorchScript runs the eager kernels and gives the eager masks bit for bit
+    (tests/test_export.py), and the main job's test above checks its AP."""
     config = "quick_schedules/mask_rcnn_R18_synthetic.yaml"
     out = tmp_path / "run"
     r = run_tool("tools/train_net.py", "--config", config, "--engine", "torchvision", "OUTPUT_DIR", str(out),
                  "SOLVER.MAX_ITER", "100", "SOLVER.STEPS", "(80,)", "SOLVER.CHECKPOINT_PERIOD", "1000")
     assert r.returncode == 0, r.stderr[-3000:]
-    for fmt in ("torchscript", "onnx"):
-        diffs, (n_eager, n_exported, pairs, largest) = _export_and_compare(
-            config, out / "model_final.pth", fmt, tmp_path / fmt, "--batch-size", "2")
-        assert set(diffs) == {"bbox", "segm"}, diffs
-        assert diffs["segm"]["AP50"][0] > 1.0, diffs  # the eager model's masks are not noise
-        for task, metrics in diffs.items():  # an eager NaN: no object of that size in the val set
-            assert all(abs(d) <= 0.1 for eager, d in metrics.values() if eager == eager), (task, metrics)
-        assert n_exported == n_eager == pairs and largest <= 1e-3
+    pytest.importorskip("onnxruntime", reason="pip install 'resnet_backbones[export]' (CI installs it)")
+    diffs, (n_eager, n_exported, pairs, largest) = _export_and_compare(
+        config, out / "model_final.pth", "onnx", tmp_path / "onnx", "--batch-size", "2")
+    assert set(diffs) == {"bbox", "segm"}, diffs
+    assert diffs["segm"]["AP50"][0] > 1.0, diffs  # the eager model's masks are not noise
+    for task, metrics in diffs.items():  # an eager NaN: no object of that size in the val set
+        assert all(abs(d) <= 0.1 for eager, d in metrics.values() if eager == eager), (task, metrics)
+    assert n_exported == n_eager == pairs and largest <= 1e-3
 
 
 @pytest.mark.slow
