@@ -11,7 +11,7 @@ import torch
 
 from resnet_backbones import Predictor
 from resnet_backbones.config import ConfigError, load_config
-from resnet_backbones.export import ExportedDetector, export_detector
+from resnet_backbones.export import ONNX_OPSET, ExportedDetector, export_detector
 from resnet_backbones.modeling import FrozenBatchNorm2d
 from resnet_backbones.tv.model import build_model
 
@@ -134,7 +134,7 @@ def test_the_traced_pooler_takes_any_number_of_boxes_per_level(fmt, tmp_path):
         import onnxruntime
 
         path = str(tmp_path / "pooler.onnx")
-        torch.onnx.export(pooler, feats + (example,), path, opset_version=17, dynamo=False,
+        torch.onnx.export(pooler, feats + (example,), path, opset_version=ONNX_OPSET, dynamo=False,
                           input_names=["p2", "p3", "p4", "p5", "boxes"], dynamic_axes={"boxes": {0: "n"}})
         session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
 

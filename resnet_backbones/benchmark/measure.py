@@ -8,7 +8,7 @@ import warnings
 
 import torch
 
-from .rows import _build_detector, build_backbone, detector_eval, detector_step, half_dtype
+from .rows import build_backbone, build_detector, detector_eval, detector_step, half_dtype
 
 __all__ = ["measure", "run_isolated", "matmul_peak", "count_gflop", "detector_eval_gflop", "saved_activations_mb",
            "sync"]
@@ -74,7 +74,7 @@ def detector_eval_gflop(depth: int, size, config: str) -> float:
     from resnet_backbones.inference import inference_model
 
     overrides = ["INPUT.MIN_SIZE_TEST", str(min(size)), "INPUT.MAX_SIZE_TEST", str(max(size))]
-    model, cfg = _build_detector("tv", depth, torch.device("cpu"), config, overrides)
+    model, cfg = build_detector("tv", depth, torch.device("cpu"), config, overrides)
     graph = DetectorGraph(inference_model(cfg, model.eval())).eval()
     image = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(0)) * 2 - 1
     return count_gflop(graph, (image, torch.tensor([list(size)], dtype=torch.int64)))

@@ -5,7 +5,7 @@ architecture (ResNet-FPN, FrozenBN, FREEZE_AT 2, one stride position); rows diff
 import torch
 
 __all__ = ["VARIANTS", "DETECTOR_VARIANTS", "EVAL_VARIANTS", "MODES", "half_dtype", "build_backbone",
-           "detector_step", "detector_eval", "describe"]
+           "build_detector", "detector_step", "detector_eval", "describe"]
 
 # name: (modes, builder shown in the table, inference memory format / training memory format, compiled)
 VARIANTS = {
@@ -65,7 +65,7 @@ def build_backbone(variant: str, depth: int, stride_in_1x1: bool):
     return model
 
 
-def _build_detector(engine: str, depth: int, device, config: str, overrides):
+def build_detector(engine: str, depth: int, device, config: str, overrides):
     """(model, cfg) of ``config`` on an engine ("d2" or "tv"), random weights with trained-looking FrozenBN
     statistics (with identity statistics a random-init R50 produces huge activations and detectron2
     stops on non-finite predictions)."""
@@ -103,7 +103,7 @@ def detector_step(variant: str, depth: int, size, batch: int, device, config: st
         overrides += ["MODEL.RESNET_BACKBONES.CHANNELS_LAST", "True"]
     boxes = torch.tensor([[50.0, 60.0, 300.0, 400.0], [400.0, 100.0, 700.0, 500.0], [100.0, 500.0, 260.0, 700.0]])
     images = [torch.rand(3, *size) * 255 for _ in range(batch)]
-    model, _ = _build_detector(variant[:2], depth, device, config, overrides)
+    model, _ = build_detector(variant[:2], depth, device, config, overrides)
     model.train()
     if variant.startswith("d2"):
         from detectron2.structures import Boxes, Instances
@@ -159,7 +159,7 @@ def detector_eval(variant: str, depth: int, size, batch: int, device, config: st
         overrides += ["MODEL.RESNET_BACKBONES.OPTIMIZE_FOR_INFERENCE", "True"]
     if variant.endswith("-amp"):
         overrides += ["MODEL.RESNET_BACKBONES.INFERENCE_AMP", "True"]
-    model, cfg = _build_detector(variant[:2], depth, device, config, overrides)
+    model, cfg = build_detector(variant[:2], depth, device, config, overrides)
     model.eval()
     if variant in EXPORT_FORMATS:
         import atexit

@@ -148,8 +148,8 @@ class BottleneckBlock(BlockBase):
 def zero_init_residual(module: nn.Module, block_types=(BasicBlock, BottleneckBlock)) -> int:
     """Zero the scale of the last norm of every residual branch under ``module`` (``conv2.norm`` of a
     basic block, ``conv3.norm`` of a bottleneck), so that each block starts as its shortcut (the
-    identity, where the shape does not change) followed by the ReLU: Goyal et al., "Accurate, Large Minibatch SGD" (2017), section 5.1, torchvision's
-    ``resnet(zero_init_residual=True)``. An initialisation only: loaded weights replace it. detectron2
+    identity, where the shape does not change) followed by the ReLU: Goyal et al., "Accurate, Large
+    Minibatch SGD" (2017), section 5.1, torchvision's ``resnet(zero_init_residual=True)``. An initialisation only: loaded weights replace it. detectron2
     leaves these scales at 1. ``block_types``: the classes to treat (the detectron2 engine passes
     detectron2's own ``BasicBlock``/``BottleneckBlock``, which have the same layout, for its res5 head).
     Returns the number of blocks changed."""
