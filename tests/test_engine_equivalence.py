@@ -34,6 +34,7 @@ from resnet_backbones.tv.evaluate import _to_coco, coco_evaluate  # noqa: E402
 from resnet_backbones.tv.model import build_model as tv_build_model  # noqa: E402
 from resnet_backbones.weights.detector import to_detectron2, to_torchvision  # noqa: E402
 
+from detections import assert_same_detections  # noqa: E402
 from test_optimize import trained_looking_statistics_  # noqa: E402
 
 # Test sizes: short side 448 (max 768) instead of COCO's 800/1333 keeps R-50 fast on a CPU; the
@@ -163,21 +164,6 @@ def _box_features(layout, cfg, d2, tv, features, d2_boxes, tv_boxes):
             tv.roi_heads.box_head(tv.roi_heads.box_roi_pool(features, tv_boxes, None)))
 
 
-def _pair_detections(tv_final, d2_final) -> torch.Tensor:
-    """For each of detectron2's detections, the index of the same detection (class, box within 1e-3,
-    score within 1e-5) in the torchvision engine's list. Both lists are sorted by score; two scores
-    equal up to float rounding (1e-8) may come out in either order, so the pairing is by content."""
-    cost = (tv_final["boxes"][None] - d2_final.pred_boxes.tensor[:, None]).abs().amax(dim=2)
-    cost[(tv_final["labels"][None] - 1 != d2_final.pred_classes[:, None])
-         | ((tv_final["scores"][None] - d2_final.scores[:, None]).abs() > 1e-5)] = float("inf")
-    order, used = [], set()
-    for i in range(len(cost)):
-        j = next(int(j) for j in cost[i].argsort() if int(j) not in used)
-        used.add(j)
-        order.append(j)
-    return torch.tensor(order, dtype=torch.int64)
-
-
 def _mask_logits(layout, cfg, d2, tv, features, boxes):
     """Both engines' mask logits for detectron2's detections ``boxes`` (C4: on res5 of res4's ROIAlign)."""
     in_features = [features[f] for f in cfg.MODEL.ROI_HEADS.IN_FEATURES]
@@ -266,20 +252,12 @@ def test_stages_match(engines, dataset, index):
         tv_final = tv.transform.postprocess(result, tv_images.image_sizes, [(inp["height"], inp["width"])])[0]
         n = len(d2_final)
         assert n >= 20, f"only {n} detections: the test needs dozens"
-        assert len(tv_final["boxes"]) == n
-        if n == cfg.TEST.DETECTIONS_PER_IMAGE:
-            # A full list is cut at the 100th score; RoIs on flat image regions (the grey image) have
-            # identical features and so exactly equal scores, and which of those tied at the cut are
-            # kept is arbitrary in both engines: compare the detections above the tie.
-            cut = d2_final.scores[-1].item() + 1e-6
-            d2_final = d2_final[d2_final.scores > cut]
-            tv_final = {k: v[tv_final["scores"] > cut] for k, v in tv_final.items()}
-            assert len(d2_final) >= 20 and len(tv_final["boxes"]) == len(d2_final)
-        tv_final = {k: v[_pair_detections(tv_final, d2_final)] for k, v in tv_final.items()}
-        diffs["final boxes"] = (tv_final["boxes"] - d2_final.pred_boxes.tensor).abs().max().item()
-        diffs["scores"] = (tv_final["scores"] - d2_final.scores).abs().max().item()
-        assert diffs["final boxes"] <= 1e-3 and diffs["scores"] <= 1e-5
-        assert torch.equal(tv_final["labels"] - 1, d2_final.pred_classes)
+        # By content (tests/detections.py): two scores equal up to rounding may come out in either order, and
+        # RoIs on flat image regions (the grey image) have exactly equal scores, so which of those tied at the
+        # 100th score a full list keeps is arbitrary in both engines.
+        pairing = assert_same_detections(d2_final, tv_final, box_atol=1e-3, score_atol=1e-5,
+                                         limit=cfg.TEST.DETECTIONS_PER_IMAGE, min_count=20, what="final detections")
+        diffs["final boxes"], diffs["scores"] = pairing.box_diff, pairing.score_diff
 
         iou = None
         if cfg.MODEL.MASK_ON:
@@ -287,16 +265,14 @@ def test_stages_match(engines, dataset, index):
             d2_mask_logits, tv_mask_logits = _mask_logits(layout, cfg, d2, tv, features, boxes)
             diffs["mask logits"] = (tv_mask_logits[:, 1:] - d2_mask_logits).abs().max().item()
             assert diffs["mask logits"] <= 1e-5
-            a, b = tv_final["masks"][:, 0], d2_final.pred_masks
-            assert a.shape == b.shape and a.dtype == b.dtype == torch.bool
-            inter = (a & b).flatten(1).sum(1).float()
-            union = (a | b).flatten(1).sum(1).float()
-            iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
-            assert iou.min() >= 0.99, f"pasted masks IoU {iou.min():.4f}"
+            assert tv_final["masks"].dtype == d2_final.pred_masks.dtype == torch.bool
+            assert tv_final["masks"].shape[2:] == d2_final.pred_masks.shape[1:]
+            iou = assert_same_detections(d2_final, tv_final, box_atol=1e-3, score_atol=1e-5, mask_iou_min=0.99,
+                                         limit=cfg.TEST.DETECTIONS_PER_IMAGE, what="pasted masks").min_mask_iou
         else:
             assert "masks" not in tv_final and not d2_final.has("pred_masks")
     print(f"{layout}, image {IMAGES[index]}: {len(p)} proposals, {n} detections, odd P6 grid: {odd_p6}, "
-          f"mask IoU min {'-' if iou is None else f'{iou.min():.4f}'}; max |difference| per stage: "
+          f"mask IoU min {'-' if iou is None else f'{iou:.4f}'}; max |difference| per stage: "
           + ", ".join(f"{k} {v:.2g}" for k, v in diffs.items()))
 
 
@@ -312,22 +288,10 @@ def test_full_inference_matches(engines, dataset):
         d2_out = d2(inputs)
         tv_out = tv([ours[i][0] for i in range(len(IMAGES))])
     for kind, a, b in zip(IMAGES, d2_out, tv_out):
-        a = a["instances"]
-        assert len(a) >= 20 and len(b["boxes"]) == len(a), (kind, len(a), len(b["boxes"]))
-        if len(a) == cfg.TEST.DETECTIONS_PER_IMAGE:  # ties at the 100th score are cut arbitrarily (above)
-            cut = a.scores[-1].item() + 1e-6
-            a = a[a.scores > cut]
-            b = {k: v[b["scores"] > cut] for k, v in b.items()}
-            assert len(a) >= 20 and len(b["boxes"]) == len(a), kind
-        b = {k: v[_pair_detections(b, a)] for k, v in b.items()}
-        assert (b["boxes"] - a.pred_boxes.tensor).abs().max() <= 1e-3, kind
-        assert (b["scores"] - a.scores).abs().max() <= 1e-5, kind
-        assert torch.equal(b["labels"] - 1, a.pred_classes), kind
-        if cfg.MODEL.MASK_ON:
-            m, n = b["masks"][:, 0], a.pred_masks
-            union = (m | n).flatten(1).sum(1).float()
-            iou = torch.where(union > 0, (m & n).flatten(1).sum(1).float() / union.clamp(min=1), torch.ones_like(union))
-            assert iou.min() >= 0.99, (kind, iou.min().item())
+        # Ties at the 100th score are cut arbitrarily (above): by content, with the cut allowed for.
+        assert_same_detections(a["instances"], b, box_atol=1e-3, score_atol=1e-5,
+                               mask_iou_min=0.99 if cfg.MODEL.MASK_ON else None,
+                               limit=cfg.TEST.DETECTIONS_PER_IMAGE, min_count=20, what=kind)
 
 
 def test_evaluators_give_the_same_numbers(fpn_engines, dataset):

@@ -4,8 +4,9 @@ without a detection included, in batches of more than one; the Predictor serves 
 exported trained model against the eager one: tests/test_train.py, on the main job's model and on a short
 Mask R-CNN training, bbox and segm.)"""
 import json
+import os
+import sys
 
-import numpy as np
 import pytest
 import torch
 
@@ -14,6 +15,9 @@ from resnet_backbones.config import ConfigError, load_config
 from resnet_backbones.export import ONNX_OPSET, ExportedDetector, export_detector
 from resnet_backbones.modeling import FrozenBatchNorm2d
 from resnet_backbones.tv.model import build_model
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from detections import assert_same_detections  # noqa: E402
 
 pytest.importorskip("onnxruntime", reason="pip install 'resnet_backbones[export]' (CI installs it)")
 
@@ -24,6 +28,9 @@ SIZES = [(70, 90), (120, 60), (96, 160)]
 # ONNX Runtime's float32 kernels sum in another order than oneDNN's: boxes move by float rounding, most
 # in the deep dilated R-50 (measured 2.3e-3 px at most with random weights; trained FPN models: 1e-5 px).
 BOX_ATOL = {"fpn": 1e-3, "c4": 1e-3, "dc5": 5e-3, "vgg": 1e-3}
+# Scores after the softmax: rounding of the logits moves them by ~1e-7; 1e-5 holds on every CPU kind met
+# (AVX2-only and AVX-512 EPYC, Xeon with AMX; 1 and 2 threads).
+SCORE_ATOL = 1e-5
 CASES = {
     "fpn": "quick_schedules/mask_rcnn_R18_synthetic.yaml",
     "c4": "quick_schedules/mask_rcnn_R50_C4_synthetic.yaml",
@@ -60,15 +67,15 @@ def test_export_gives_the_eager_detections(layout, fmt, images, tmp_path):
     exported = ExportedDetector(str(tmp_path))
     for image, ref, out in zip(images, _eager(model, images), exported(images)):
         assert sorted(out) == sorted(ref) and len(ref["scores"]) == 100
-        assert torch.equal(out["labels"], ref["labels"])
-        if fmt == "torchscript":  # the same kernels: bit for bit
+        if fmt == "torchscript":  # the same kernels: bit for bit, in the same order
             assert all(torch.equal(out[k], ref[k]) for k in ref)
             continue
-        assert (out["boxes"] - ref["boxes"]).abs().max() <= BOX_ATOL[layout]
-        assert (out["scores"] - ref["scores"]).abs().max() <= 1e-5
-        if "masks" in ref:  # pasted at 0.5: a pixel whose probability is within rounding of 0.5 may flip
+        if "masks" in ref:
             assert out["masks"].shape == ref["masks"].shape == (100, 1) + tuple(image.shape[-2:])
-            assert (out["masks"] != ref["masks"]).float().mean() <= 1e-3
+        # By content (tests/detections.py): near-equal scores may come out in the other order. Masks are
+        # pasted at 0.5: a pixel whose probability is within rounding of 0.5 may flip.
+        assert_same_detections(ref, out, box_atol=BOX_ATOL[layout], score_atol=SCORE_ATOL, mask_mismatch=1e-3,
+                               limit=100, what=f"{fmt} {layout}")
 
 
 @pytest.mark.parametrize("layout", ["fpn", "c4"])
@@ -86,13 +93,14 @@ def test_a_batched_export_gives_the_eager_batch(layout, fmt, images, tmp_path):
     outs = exported(images)
     assert len(outs) == 3 and len({len(r["scores"]) for r in refs}) == 3, [len(r["scores"]) for r in refs]
     for image, ref, out in zip(images, refs, outs):
-        assert 0 < len(ref["scores"]) < 100 and torch.equal(out["labels"], ref["labels"])
+        assert 0 < len(ref["scores"]) < 100
+        assert out["masks"].shape[1:] == ref["masks"].shape[1:] == (1,) + tuple(image.shape[-2:])
         # Not bit for bit even in TorchScript: the graph's ROI heads run image by image, the eager batch's on
-        # the RoIs of both images at once (other matmul blockings; measured 3e-4 px in C4's res5 head).
-        assert (out["boxes"] - ref["boxes"]).abs().max() <= BOX_ATOL[layout]
-        assert (out["scores"] - ref["scores"]).abs().max() <= 1e-5
-        assert out["masks"].shape == ref["masks"].shape == (len(ref["scores"]), 1) + tuple(image.shape[-2:])
-        assert (out["masks"] != ref["masks"]).float().mean() <= 1e-3
+        # the RoIs of both images at once (other matmul blockings; measured 3e-4 px in C4's res5 head). So
+        # two detections whose scores differ by 1e-7 may swap (seen on an Intel Xeon with AMX), and one
+        # within rounding of the 0.3 threshold may be kept by one run only: compared by content.
+        assert_same_detections(ref, out, box_atol=BOX_ATOL[layout], score_atol=SCORE_ATOL, mask_mismatch=1e-3,
+                               score_floor=0.3, min_count=1, what=f"{fmt} {layout} batch")
     # Padding to the group's size moves detections: the batch differs from one image at a time.
     assert not torch.equal(outs[0]["boxes"], _eager(model, images[:1])[0]["boxes"])
     with pytest.raises(ConfigError, match="batch-size"):
@@ -172,8 +180,11 @@ def test_images_larger_than_the_traced_example(fmt, tmp_path):
     export_detector(cfg, model, str(tmp_path), fmt)
     image = [torch.randint(0, 256, (3, 400, 608), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))]
     ref, out = _eager(model, image)[0], ExportedDetector(str(tmp_path))(image)[0]
-    assert len(ref["scores"]) == 100 and torch.equal(out["labels"], ref["labels"])
-    assert (out["boxes"] - ref["boxes"]).abs().max() <= (0 if fmt == "torchscript" else 1e-3)
+    assert len(ref["scores"]) == 100
+    if fmt == "torchscript":
+        assert all(torch.equal(out[k], ref[k]) for k in ref)
+    else:
+        assert_same_detections(ref, out, box_atol=1e-3, score_atol=SCORE_ATOL, mask_mismatch=1e-3, limit=100)
 
 
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
@@ -193,8 +204,8 @@ def test_predictor_serves_an_export_and_bad_folders_are_refused(images, tmp_path
     rgb = images[0].permute(1, 2, 0).numpy()
     d = predictor(rgb)
     ref = _eager(model, images[:1])[0]
-    assert np.allclose(d.boxes.numpy(), ref["boxes"].numpy(), atol=1e-3)
-    assert d.class_names == [["circle", "square", "triangle"][int(c) - 1] for c in ref["labels"]]
+    assert_same_detections(ref, d, box_atol=1e-3, score_atol=SCORE_ATOL, mask_mismatch=1e-3, limit=100)
+    assert d.class_names == [["circle", "square", "triangle"][int(c)] for c in d.classes]
     assert len(predictor([rgb, rgb, rgb])) == 3
     with pytest.raises(ConfigError, match="no export.json"):
         ExportedDetector(str(tmp_path / "missing"))
