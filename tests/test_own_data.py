@@ -13,10 +13,13 @@ from resnet_backbones.config import ConfigError, load_config
 from resnet_backbones.data import get_dataset
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from own_data import CLASS_NAMES, TINY, dataset_args, write_coco_folder  # noqa: E402
+from own_data import (CLASS_NAMES, TINY, assert_final_eval_is_the_saved_models, dataset_args,  # noqa: E402
+                      write_coco_folder)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK = "quick_schedules/faster_rcnn_R18_synthetic.yaml"
+# Every detection kept, so that a three-iteration model's evaluation compares hundreds of them.
+EVERY_DETECTION = ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"]
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +49,7 @@ def per_category_rows(text: str, iou_type: str = "bbox"):
 def test_own_folder_trains_evaluates_and_demos_from_the_command_line_in_two_processes(folder, tmp_path):
     out = tmp_path / "train"
     r = run("tools/train_net.py", "--config", QUICK, "--engine", "torchvision", "--num-gpus", "2",
-            *dataset_args(folder), *TINY, "OUTPUT_DIR", str(out))
+            *dataset_args(folder), *TINY, *EVERY_DETECTION, "OUTPUT_DIR", str(out))
     assert r.returncode == 0, r.stderr[-3000:]
     text = r.stdout + r.stderr
     assert "Evaluating my_val: 8 images" in text and "Per-category bbox AP:" in text
@@ -65,6 +68,10 @@ def test_own_folder_trains_evaluates_and_demos_from_the_command_line_in_two_proc
                 "OUTPUT_DIR", str(tmp_path / "eval"), cwd=str(tmp_path))
     assert again.returncode == 0, again.stderr[-3000:]
     assert per_category_rows(again.stdout + again.stderr) == CLASS_NAMES
+    # The AP printed at the end of the two-process training is its model_final.pth's (trainable BN: each
+    # process's running statistics followed its own images until the evaluation took process 0's).
+    n = assert_final_eval_is_the_saved_models(out, text, tmp_path / "eval", again.stdout + again.stderr, "my_val")
+    assert n >= 100, n
 
     demo = run("tools/demo.py", "--config", QUICK, *dataset_args(folder), "DATASETS.TRAIN", '("my_train",)',
                "MODEL.WEIGHTS", str(out / "model_final.pth"), "INPUT.MIN_SIZE_TEST", "64",

@@ -10,14 +10,14 @@ pytest.importorskip("detectron2")
 pytest.importorskip("detectron2.modeling")
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from own_data import CLASS_NAMES, TINY, dataset_args  # noqa: E402
-from test_own_data import QUICK, ROOT, folder, per_category_rows, run  # noqa: E402,F401  (folder: a fixture)
+from own_data import CLASS_NAMES, TINY, assert_final_eval_is_the_saved_models, dataset_args  # noqa: E402
+from test_own_data import EVERY_DETECTION, QUICK, ROOT, folder, per_category_rows, run  # noqa: E402,F401  (a fixture)
 
 
 def test_own_folder_trains_and_evaluates_on_detectron2_in_two_processes(folder, tmp_path):
     out = tmp_path / "train"
     r = run("tools/train_net.py", "--config", QUICK, "--engine", "detectron2", "--num-gpus", "2",
-            *dataset_args(folder), *TINY, "OUTPUT_DIR", str(out))
+            *dataset_args(folder), *TINY, *EVERY_DETECTION, "OUTPUT_DIR", str(out))
     if r.returncode != 0 and "terminated with signal SIGABRT" in r.stderr:
         # Seen once in CI (1 of 6 runs, never in 8 local ones, alone or beside another test): a spawned
         # CPU/gloo process of detectron2's launch aborting with "terminate called without an active
@@ -25,7 +25,7 @@ def test_own_folder_trains_and_evaluates_on_detectron2_in_two_processes(folder, 
         print("first run aborted; its stderr:\n" + r.stderr[:6000])
         out = tmp_path / "train_again"
         first, r = r, run("tools/train_net.py", "--config", QUICK, "--engine", "detectron2", "--num-gpus", "2",
-                          *dataset_args(folder), *TINY, "OUTPUT_DIR", str(out))
+                          *dataset_args(folder), *TINY, *EVERY_DETECTION, "OUTPUT_DIR", str(out))
         assert r.returncode == 0, first.stderr[:3000] + "\n---\n" + r.stderr[-3000:]
     assert r.returncode == 0, r.stderr[-3000:]
     text = r.stdout + r.stderr
@@ -38,6 +38,10 @@ def test_own_folder_trains_and_evaluates_on_detectron2_in_two_processes(folder, 
                 "OUTPUT_DIR", str(tmp_path / "eval"), cwd=str(tmp_path))
     assert again.returncode == 0, again.stderr[-3000:]
     assert per_category_rows(again.stdout + again.stderr) == CLASS_NAMES
+    # The AP printed at the end of the two-process training is its model_final.pth's (trainable BN, and
+    # detectron2's DDP model does not broadcast buffers: the evaluation takes process 0's).
+    n = assert_final_eval_is_the_saved_models(out, text, tmp_path / "eval", again.stdout + again.stderr, "my_val")
+    assert n >= 100, n
 
 
 def test_num_classes_mismatch_is_one_error_on_detectron2(folder, tmp_path):

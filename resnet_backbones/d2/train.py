@@ -14,6 +14,7 @@ from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
+from ..checkpoints import share_main_process_state
 from ..data.loader_errors import data_error_stop, plain_worker_errors
 from ..divergence import LossGuard
 from ..errors import ConfigError, DatasetError, WeightsError
@@ -120,6 +121,8 @@ class Trainer(DefaultTrainer):
     @classmethod
     def test(cls, cfg, model, evaluators=None):
         # MODEL.RESNET_BACKBONES.OPTIMIZE_FOR_INFERENCE / INFERENCE_AMP, as on the torchvision engine.
+        if len(cfg.DATASETS.TEST):
+            share_main_process_state(model)  # the weights and BN statistics model_final.pth holds
         with plain_worker_errors():  # a loader worker's error (an unreadable image) with its own message
             results = super().test(cfg, inference_runner(cfg, model, torch.device(cfg.MODEL.DEVICE)), evaluators)
         if comm.is_main_process() and len(cfg.DATASETS.TEST):

@@ -8,7 +8,7 @@ from typing import Dict, List, Optional
 import torch
 from torch import nn
 
-from ..checkpoints import last_checkpoint
+from ..checkpoints import last_checkpoint, share_main_process_state
 from ..data import COCOInstances, DatasetError, TrainingBatchSampler, collate, get_dataset
 from ..data.loader_errors import data_error_stop, plain_worker_errors
 from ..divergence import LossGuard
@@ -70,6 +70,8 @@ def evaluate(cfg, model: nn.Module, device: torch.device) -> Dict[str, Dict[str,
     """Evaluate on every DATASETS.TEST; prints detectron2's AP tables; results json under OUTPUT_DIR/inference."""
     all_results: Dict[str, Dict[str, float]] = {}
     iou_types = ["bbox"] + (["segm"] if cfg.MODEL.MASK_ON else [])
+    if cfg.DATASETS.TEST:
+        share_main_process_state(_unwrap(model))  # the weights and BN statistics model_final.pth holds
     runner = inference_runner(cfg, _unwrap(model), device) if cfg.DATASETS.TEST else None
     for name in cfg.DATASETS.TEST:
         dataset = build_test_dataset(cfg, name)
