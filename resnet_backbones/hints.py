@@ -23,8 +23,9 @@ def evaluation_hint(cfg, bbox: Optional[Mapping[str, float]], num_detections: Op
     return (f"Evaluation found {found}. Likely causes: training diverged (see the 'Training health' line; lower "
             f"SOLVER.BASE_LR={cfg.SOLVER.BASE_LR} or lengthen SOLVER.WARMUP_ITERS={cfg.SOLVER.WARMUP_ITERS}); "
             f"too few iterations (SOLVER.MAX_ITER={cfg.SOLVER.MAX_ITER}); MODEL.ROI_HEADS.NUM_CLASSES="
-            f"{cfg.MODEL.ROI_HEADS.NUM_CLASSES} or the category ids not matching the dataset; "
-            f"MODEL.ROI_HEADS.SCORE_THRESH_TEST={cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST} too high.")
+            f"{cfg.MODEL.ROI_HEADS.NUM_CLASSES} or the category ids not matching the dataset"
+            + (f"; MODEL.ROI_HEADS.SCORE_THRESH_TEST={cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST} too high."
+               if cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST > 0.05 else "."))
 
 
 def random_frozen_bn_warning(norm: str, loads_weights: bool, *, norm_key: str, weights_key: str,

@@ -24,7 +24,7 @@ METRICS = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
 
 
 def _to_coco(output: Dict[str, torch.Tensor], image_id: int, category_ids: List[int]) -> List[dict]:
-    boxes = output["boxes"].float().cpu().numpy()
+    boxes = output["boxes"].float().cpu().numpy().copy()  # a CPU float32 tensor's numpy() shares its memory
     if not len(boxes):
         return []
     boxes[:, 2:] -= boxes[:, :2]
