@@ -25,7 +25,7 @@ def evaluation_hint(cfg, bbox: Optional[Mapping[str, float]], num_detections: Op
             f"too few iterations (SOLVER.MAX_ITER={cfg.SOLVER.MAX_ITER}); MODEL.ROI_HEADS.NUM_CLASSES="
             f"{cfg.MODEL.ROI_HEADS.NUM_CLASSES} or the category ids not matching the dataset"
             + (f"; MODEL.ROI_HEADS.SCORE_THRESH_TEST={cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST} too high."
-               if cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST > 0.05 else "."))
+               if cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST > 0 else "."))
 
 
 def random_frozen_bn_warning(norm: str, loads_weights: bool, *, norm_key: str, weights_key: str,

@@ -70,6 +70,10 @@ NOT_READ = {
     "MODEL.RESNET_BACKBONES.ACTIVATION_CHECKPOINTING_STAGES": "MODEL.RESNET_BACKBONES.ACTIVATION_CHECKPOINTING",
     "VERSION": "the config format version (2)",
 }
+# Read by classification pretraining (tools/pretrain_net.py), which builds the body alone, never the detector.
+NOT_READ.update({f"MODEL.RESNET_BACKBONES.PRETRAIN.{k}": "tools/pretrain_net.py (classification pretraining)"
+                 for k in ("DATASET", "NUM_CLASSES", "CROP_SIZE", "SCALE_RANGE", "LIGHTING_STD", "TEST_SIZE",
+                           "TEN_CROP", "EPOCHS", "STEP_EPOCHS", "CHECK_IMAGES")})
 
 
 def _get(cfg, key: str):
