@@ -31,14 +31,26 @@ VGG_BACKBONES = ("build_resnet_backbones_vgg_backbone",)
 
 
 def resnet_kwargs_from_cfg(cfg, in_channels: int = 3) -> Dict[str, Any]:
-    """MODEL.RESNETS.*, MODEL.BACKBONE.FREEZE_AT and MODEL.RESNET_BACKBONES.PREACTIVATION/ZERO_INIT_RESIDUAL
-    as build_resnet kwargs."""
+    """MODEL.RESNETS.*, MODEL.BACKBONE.FREEZE_AT and MODEL.RESNET_BACKBONES.PREACTIVATION/SHORTCUTS/
+    ZERO_INIT_RESIDUAL as build_resnet kwargs."""
     r = cfg.MODEL.RESNETS
     if any(r.DEFORM_ON_PER_STAGE):
         raise ValueError(
             "MODEL.RESNETS.DEFORM_ON_PER_STAGE: deformable convolutions are not part of resnet_backbones; "
             "use detectron2's build_resnet_backbone for them"
         )
+    if not cfg.MODEL.RESNET_BACKBONES.SHORTCUTS:
+        problems = []
+        if cfg.MODEL.RESNET_BACKBONES.PREACTIVATION:
+            problems.append("MODEL.RESNET_BACKBONES.PREACTIVATION=True (pre-activation orders a block relative to "
+                            "its addition; the paper's plain nets are post-activation: set it False)")
+        if cfg.MODEL.RESNET_BACKBONES.ZERO_INIT_RESIDUAL:
+            problems.append("MODEL.RESNET_BACKBONES.ZERO_INIT_RESIDUAL=True (it zeroes the last norm of every "
+                            "residual branch, which in a plain block is the only path: set it False)")
+        if problems:
+            raise ConfigError("MODEL.RESNET_BACKBONES.SHORTCUTS=False builds the plain network of He et al. 2016 "
+                              "(section 4.1, Table 2), whose blocks have no shortcut: " + "; ".join(problems)
+                              + "; or set SHORTCUTS True")
     if cfg.MODEL.RESNET_BACKBONES.ZERO_INIT_RESIDUAL:
         problems = []
         if r.NORM in ("FrozenBN", ""):
@@ -66,6 +78,7 @@ def resnet_kwargs_from_cfg(cfg, in_channels: int = 3) -> Dict[str, Any]:
         res5_dilation=r.RES5_DILATION,
         freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
         preactivation=cfg.MODEL.RESNET_BACKBONES.PREACTIVATION,
+        shortcuts=cfg.MODEL.RESNET_BACKBONES.SHORTCUTS,
         zero_init_residual=cfg.MODEL.RESNET_BACKBONES.ZERO_INIT_RESIDUAL,
     )
 
@@ -153,4 +166,4 @@ def build_res5_head_from_cfg(cfg) -> nn.Sequential:
     return build_res5_head(depth=k["depth"], norm=k["norm"], stem_out_channels=k["stem_out_channels"],
                            res2_out_channels=k["res2_out_channels"], num_groups=k["num_groups"],
                            width_per_group=k["width_per_group"], stride_in_1x1=k["stride_in_1x1"],
-                           zero_init_residual=k["zero_init_residual"])
+                           shortcuts=k["shortcuts"], zero_init_residual=k["zero_init_residual"])

@@ -210,13 +210,19 @@ def add_resnet_backbones_config(cfg) -> None:
     """Add this project's keys, all under ``MODEL.RESNET_BACKBONES`` (detectron2's nodes are untouched).
 
     PREACTIVATION: build pre-activation blocks (He et al. 2016) instead of the original ones.
+    SHORTCUTS: True builds ResNets. False builds the paper's "plain" networks of the same depth (He et al.
+        2016, section 4.1, Table 2, Fig. 4: plain-18/34 against ResNet-18/34), in the body and the C4 res5
+        head: every block computes its residual branch alone, with neither the identity nor the projection
+        shortcut. Original blocks only, and not with ZERO_INIT_RESIDUAL (it would zero the only path).
+        A ResNet's weights do not fit a plain body (it has no shortcut tensors): the loader refuses them.
     ZERO_INIT_RESIDUAL: initialise the last norm's scale of every residual branch to zero, in the body and
         the C4 res5 head, so each block starts as the identity (Goyal et al. 2017, section 5.1;
         torchvision's ``zero_init_residual``). For training from scratch: loaded weights replace it.
         False is detectron2's initialisation. From scratch it lifts a quarter-width ResNet-50 FPN from bbox
         AP50 11.9 to 52.7 and the DC5 quick schedule from 6.2 to 22.6 (configs/quick_schedules/README.md).
     WEIGHTS_FORMAT: format of MODEL.WEIGHTS when it is an ImageNet/backbone source: "auto",
-        "torchvision", "timm", "caffe2" or "detectron2".
+        "torchvision", "timm", "caffe2", "detectron2" or "resnet_backbones" (the backbone files of
+        tools/pretrain_net.py; resnet_backbones.weights.formats.FORMAT_TABLE).
     FPN_TOP_BLOCK: "LastLevelMaxPool" (p6, as detectron2's build_resnet_fpn_backbone) or "LastLevelP6P7".
     SYNTHETIC_ROOT: where the embedded synthetic dataset is generated ("" = $RESNET_BACKBONES_DATA,
         else ~/.cache/resnet_backbones/synthetic_shapes).
@@ -253,11 +259,40 @@ def add_resnet_backbones_config(cfg) -> None:
         the blocks it emits, conv1..conv5 (conv5: conv5_3 after its ReLU, stride 16, 512 channels).
     VGG_CONV1_CHANNELS: the width of VGG block conv1, 64 as in the paper; the other blocks scale with it
         (16: a quarter-width VGG-16, the quick schedule's miniature of the baseline).
+    PRETRAIN: classification pretraining of the body this config builds (``tools/pretrain_net.py``, He et
+        al. 2016, section 3.4; :mod:`resnet_backbones.pretrain`): the body of MODEL.RESNETS.* /
+        MODEL.BACKBONE / MODEL.RESNET_BACKBONES.* (whatever layout the detector has, the classifier reads
+        the last stage: res5, or conv5 of VGG) with a global average pool and a linear classifier; SGD from
+        SOLVER.*, inputs as INPUT.FORMAT / MODEL.PIXEL_MEAN / MODEL.PIXEL_STD, flips as INPUT.RANDOM_FLIP.
+        Its product, OUTPUT_DIR/model_final_backbone.pth, is a MODEL.WEIGHTS for this config's detector.
+      DATASET: an ImageFolder root holding ``train/<class>/*`` and ``val/<class>/*`` (``--data DIR`` sets
+        it; relative paths are made absolute when the config is loaded), or ``synthetic_classes``, the
+        embedded classification set.
+      NUM_CLASSES: 0 takes the number of class folders in ``train/``; another value must equal it.
+      CROP_SIZE: the square training and test crop (224).
+      SCALE_RANGE: [lo, hi]: each training image is resized so that its shorter side is an integer drawn
+        uniformly from [lo, hi] ([256, 480], section 3.4), then cropped at a random place and flipped.
+      LIGHTING_STD: the standard deviation of AlexNet's PCA colour augmentation (Krizhevsky et al. 2012,
+        section 4.1: "the standard color augmentation in [21]" of section 3.4), on the 0-1 RGB scale with the
+        ImageNet eigenvalues; 0 turns it off.
+      TEST_SIZE: the shorter side of evaluated images before the centre crop (or the ten crops) (256).
+      TEN_CROP: evaluate the 10-crop way of section 3.4 / 4.1 (the four corners and the centre, and their
+        flips; the softmax scores averaged) instead of the centre crop.
+      EPOCHS, STEP_EPOCHS: > 0: the schedule in epochs of the training folder, which replace
+        SOLVER.MAX_ITER (EPOCHS x iterations per epoch) and SOLVER.STEPS (STEP_EPOCHS x the same), logged
+        and written to OUTPUT_DIR/config.yaml; one epoch is ceil(images / SOLVER.IMS_PER_BATCH)
+        iterations. 0: SOLVER.MAX_ITER and SOLVER.STEPS as given, in iterations.
+      CHECK_IMAGES: before training, "header" opens every image of both splits and reads its header (finds
+        non-images and empty files quickly), "decode" decodes every image (finds truncated files too;
+        minutes on ImageNet), "none" checks nothing. What it finds stops the run with one error listing the
+        files, or with MODEL.RESNET_BACKBONES.SKIP_UNREADABLE_IMAGES they are left out (logged); an image
+        that fails later in training is handled as in detection training.
     """
     # The node of cfg's own class: yacs refuses to merge a yaml file's subtree into a node of another
     # CfgNode class (ours into detectron2's get_cfg()).
     cfg.MODEL.RESNET_BACKBONES = type(cfg)()
     cfg.MODEL.RESNET_BACKBONES.PREACTIVATION = False
+    cfg.MODEL.RESNET_BACKBONES.SHORTCUTS = True  # False: the plain nets of He et al. 2016, Table 2
     cfg.MODEL.RESNET_BACKBONES.ZERO_INIT_RESIDUAL = False
     cfg.MODEL.RESNET_BACKBONES.WEIGHTS_FORMAT = "auto"
     cfg.MODEL.RESNET_BACKBONES.FPN_TOP_BLOCK = "LastLevelMaxPool"
@@ -274,6 +309,17 @@ def add_resnet_backbones_config(cfg) -> None:
     cfg.MODEL.RESNET_BACKBONES.VGG_DEPTH = 16
     cfg.MODEL.RESNET_BACKBONES.VGG_OUT_FEATURES = ["conv5"]
     cfg.MODEL.RESNET_BACKBONES.VGG_CONV1_CHANNELS = 64
+    cfg.MODEL.RESNET_BACKBONES.PRETRAIN = type(cfg)()
+    cfg.MODEL.RESNET_BACKBONES.PRETRAIN.DATASET = ""
+    cfg.MODEL.RESNET_BACKBONES.PRETRAIN.NUM_CLASSES = 0
+    cfg.MODEL.RESNET_BACKBONES.PRETRAIN.CROP_SIZE = 224
+    cfg.MODEL.RESNET_BACKBONES.PRETRAIN.SCALE_RANGE = [256, 480]
+    cfg.MODEL.RESNET_BACKBONES.PRETRAIN.LIGHTING_STD = 0.1
+    cfg.MODEL.RESNET_BACKBONES.PRETRAIN.TEST_SIZE = 256
+    cfg.MODEL.RESNET_BACKBONES.PRETRAIN.TEN_CROP = False
+    cfg.MODEL.RESNET_BACKBONES.PRETRAIN.EPOCHS = 0
+    cfg.MODEL.RESNET_BACKBONES.PRETRAIN.STEP_EPOCHS = []
+    cfg.MODEL.RESNET_BACKBONES.PRETRAIN.CHECK_IMAGES = "header"
 
 
 def get_standalone_cfg() -> CfgNode:

@@ -16,7 +16,7 @@ PACKAGE = os.path.join(ROOT, "resnet_backbones")
 CORE = ("modeling", "weights")
 # Layers above the core; the core may import the leaf module resnet_backbones.errors and itself.
 ABOVE = ("config", "d2", "tv", "data", "tools", "builders", "solver", "precision", "inference", "divergence",
-         "checkpoints", "hints", "predictor", "export", "train_net", "model_zoo", "benchmark")
+         "checkpoints", "hints", "predictor", "export", "train_net", "model_zoo", "benchmark", "pretrain")
 
 
 def _module_name(path: str) -> str:

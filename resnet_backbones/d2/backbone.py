@@ -15,7 +15,7 @@ from torch import nn
 from detectron2.layers import ShapeSpec as D2ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
-from ..builders import build_body_from_cfg, build_fpn_from_cfg, build_vgg_from_cfg
+from ..builders import build_body_from_cfg, build_fpn_from_cfg, build_res5_head_from_cfg, build_vgg_from_cfg
 from ..modeling import (FPN, VGG, BasicBlock, BottleneckBlock, ResNet, build_res5_head, build_resnet,
                         build_resnet_fpn, zero_init_residual)
 from ..weights import load_backbone_weights
@@ -23,7 +23,8 @@ from ..weights.loader import match_res5_head_state, read_weights
 
 __all__ = ["D2ResNet", "D2FPN", "D2VGG", "build_resnet_backbones_backbone", "build_resnet_backbones_fpn_backbone",
            "build_resnet_backbones_vgg_backbone",
-           "register_backbones", "resnet_fpn_backbone", "resnet_backbone", "resnet_res5_head", "zero_init_res5_head"]
+           "plain_res5_head", "register_backbones", "resnet_fpn_backbone", "resnet_backbone", "resnet_res5_head",
+           "zero_init_res5_head"]
 
 
 def _d2_shapes(shapes):
@@ -124,6 +125,23 @@ def zero_init_res5_head(cfg, model: nn.Module) -> int:
     if not cfg.MODEL.RESNET_BACKBONES.ZERO_INIT_RESIDUAL or res5 is None:
         return 0
     return zero_init_residual(res5, (D2BasicBlock, D2BottleneckBlock, BasicBlock, BottleneckBlock))
+
+
+def plain_res5_head(cfg, model: nn.Module) -> bool:
+    """MODEL.RESNET_BACKBONES.SHORTCUTS False for the res5 head of a yaml C4 model: detectron2's
+    ``Res5ROIHeads`` builds that head itself from detectron2's residual blocks, so here, after
+    ``build_model`` (the engine's Trainer does; call it yourself after detectron2's ``build_model`` in
+    your own project), it is replaced by the core's plain res5 stage
+    (:func:`~resnet_backbones.builders.build_res5_head_from_cfg`, the one the torchvision engine builds:
+    the same parameter names and output channels, less the shortcuts), on the old head's device.
+    Returns whether it replaced one (False with shortcuts, or without a res5 head)."""
+    roi_heads = getattr(model, "roi_heads", None)
+    old = getattr(roi_heads, "res5", None)
+    if cfg.MODEL.RESNET_BACKBONES.SHORTCUTS or old is None:
+        return False
+    device = next(old.parameters()).device
+    roi_heads.res5 = build_res5_head_from_cfg(cfg).to(device)
+    return True
 
 
 def register_backbones() -> None:

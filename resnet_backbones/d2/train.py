@@ -21,7 +21,7 @@ from ..errors import ConfigError, DatasetError, WeightsError
 from ..hints import evaluation_hint
 from ..inference import inference_runner
 from .amp import amp_trainer
-from .backbone import register_backbones, zero_init_res5_head
+from .backbone import plain_res5_head, register_backbones, zero_init_res5_head
 from .checkpoint import ResnetBackbonesCheckpointer
 from .datasets import CountSkipped, ReadCheckedMapper, register_datasets
 from .hooks import DivergenceHook, SignalCheckpointHook
@@ -88,7 +88,8 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_model(cls, cfg):
         model = super().build_model(cfg)
-        zero_init_res5_head(cfg, model)  # detectron2's Res5ROIHeads builds its own blocks
+        plain_res5_head(cfg, model)  # detectron2's Res5ROIHeads builds its own (residual) blocks
+        zero_init_res5_head(cfg, model)
         return model
 
     def build_hooks(self):

@@ -1,5 +1,7 @@
 """The blocks ResNet bodies are made of: the conv with its norm (FrozenBN folded in training), the stem,
-and the basic, bottleneck and pre-activation blocks with their projection shortcuts.
+and the basic, bottleneck and pre-activation blocks with their projection shortcuts. The basic and
+bottleneck blocks also come without a shortcut (``shortcut=False``): the blocks of the "plain" networks
+He et al. 2016 compare against (section 4.1, Table 2, Fig. 4), the same layers with no addition.
 
 He et al., "Deep Residual Learning for Image Recognition" (CVPR 2016), Table 1 and sections 3.3 and 4.1;
 the pre-activation blocks follow He et al., "Identity Mappings in Deep Residual Networks" (ECCV 2016),
@@ -86,11 +88,16 @@ class BlockBase(nn.Module):
 
 
 class BasicBlock(BlockBase):
-    """Two 3x3 convs (ResNet-18/34; He et al. 2016, Table 1); projection shortcut when the shape changes."""
+    """Two 3x3 convs (ResNet-18/34; He et al. 2016, Table 1); projection shortcut when the shape changes.
 
-    def __init__(self, in_channels: int, out_channels: int, *, stride: int = 1, norm="BN"):
+    ``shortcut=False``: the plain block of He et al. 2016, section 4.1 (Table 2, Fig. 4 left),
+    ``relu(conv2(relu(conv1(x))))``, no identity and no projection (``has_shortcut`` records it).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, *, stride: int = 1, norm="BN", shortcut: bool = True):
         super().__init__(in_channels, out_channels, stride)
-        self.shortcut = projection_shortcut(in_channels, out_channels, stride, norm)
+        self.has_shortcut = shortcut
+        self.shortcut = projection_shortcut(in_channels, out_channels, stride, norm) if shortcut else None
         self.conv1 = Conv2d(
             in_channels, out_channels, 3, stride=stride, padding=1, bias=False, norm=get_norm(norm, out_channels)
         )
@@ -100,6 +107,8 @@ class BasicBlock(BlockBase):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu_(self.conv1(x))
         out = self.conv2(out)
+        if not self.has_shortcut:
+            return F.relu_(out)
         shortcut = self.shortcut(x) if self.shortcut is not None else x
         return F.relu_(out + shortcut)
 
@@ -108,7 +117,8 @@ class BottleneckBlock(BlockBase):
     """1x1 reduce, 3x3 (grouped for ResNeXt, optionally dilated), 1x1 expand (He et al. 2016, section 4.1, Fig. 5).
 
     ``stride_in_1x1`` puts the block's stride in the first 1x1 conv, as in the original MSRA/caffe2
-    models; otherwise it sits in the 3x3 conv (fb.torch, torchvision, ResNeXt).
+    models; otherwise it sits in the 3x3 conv (fb.torch, torchvision, ResNeXt). ``shortcut=False``: the
+    three convs alone, no identity and no projection (a plain network's block, as :class:`BasicBlock`).
     """
 
     def __init__(
@@ -122,9 +132,11 @@ class BottleneckBlock(BlockBase):
         norm="BN",
         stride_in_1x1: bool = False,
         dilation: int = 1,
+        shortcut: bool = True,
     ):
         super().__init__(in_channels, out_channels, stride)
-        self.shortcut = projection_shortcut(in_channels, out_channels, stride, norm)
+        self.has_shortcut = shortcut
+        self.shortcut = projection_shortcut(in_channels, out_channels, stride, norm) if shortcut else None
         stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
         self.conv1 = Conv2d(
             in_channels, bottleneck_channels, 1, stride=stride_1x1, bias=False,
@@ -141,6 +153,8 @@ class BottleneckBlock(BlockBase):
         out = F.relu_(self.conv1(x))
         out = F.relu_(self.conv2(out))
         out = self.conv3(out)
+        if not self.has_shortcut:
+            return F.relu_(out)
         shortcut = self.shortcut(x) if self.shortcut is not None else x
         return F.relu_(out + shortcut)
 
@@ -160,6 +174,9 @@ def zero_init_residual(module: nn.Module, block_types=(BasicBlock, BottleneckBlo
                              "(He et al., ECCV 2016, Fig. 4(e)); it is defined for the original blocks only")
         if not isinstance(block, tuple(block_types)):
             continue
+        if not getattr(block, "has_shortcut", True):  # detectron2's blocks always have one
+            raise ValueError(f"zero_init_residual: a {type(block).__name__} without a shortcut (a plain network's "
+                             "block) would start with its only path at zero; it is defined for residual blocks only")
         last = block.conv3 if hasattr(block, "conv3") else block.conv2
         norm = getattr(last, "norm", None)
         if not isinstance(getattr(norm, "weight", None), nn.Parameter):

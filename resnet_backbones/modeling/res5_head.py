@@ -18,6 +18,7 @@ def build_res5_head(
     num_groups: int = 1,
     width_per_group: int = 64,
     stride_in_1x1: bool = False,
+    shortcuts: bool = True,
     zero_init_residual: bool = False,
 ) -> nn.Sequential:
     """The res5 stage alone, as the per-RoI head of the C4 detector (He et al.
@@ -27,7 +28,8 @@ def build_res5_head(
     The blocks are those :func:`build_resnet` makes for res5 with the same arguments (the same code and
     parameter names ``0.conv1.weight``, ``0.shortcut.norm.weight`` ...), so ImageNet res5 weights load
     into it. Bottleneck depths only (50, 101, 152): detectron2's head is 3 bottleneck blocks, which no
-    ResNet-18/34 has. ``zero_init_residual`` as :func:`~resnet_backbones.modeling.build_resnet`.
+    ResNet-18/34 has. ``shortcuts`` and ``zero_init_residual`` as :func:`~resnet_backbones.modeling.build_resnet`
+    (``shortcuts=False``: the res5 of a plain network, for a plain body).
     Input (R, C4 channels, H, W) -> (R, 8 x res2 channels, ceil(H/2), ceil(W/2)).
     """
     if RESNET_DEPTHS.get(depth, ("",))[0] != "bottleneck":
@@ -36,7 +38,7 @@ def build_res5_head(
     blocks = build_stages(depth=depth, norm=norm, stem_out_channels=stem_out_channels,
                            res2_out_channels=res2_out_channels, num_groups=num_groups,
                            width_per_group=width_per_group, stride_in_1x1=stride_in_1x1, res5_dilation=1,
-                           preactivation=False, only="res5")[0]
+                           preactivation=False, shortcuts=shortcuts, only="res5")[0]
     head = nn.Sequential(*blocks)
     if zero_init_residual:
         zero_init_residual_(head)

@@ -5,6 +5,8 @@ Architecture per He et al., "Deep Residual Learning for Image Recognition" (CVPR
 section 3.3: a 7x7/2 conv stem with 3x3/2 max pool, then four stages res2..res5 of basic
 (ResNet-18/34) or bottleneck (ResNet-50/101/152) blocks (:mod:`.blocks`). The pre-activation variant
 follows He et al., "Identity Mappings in Deep Residual Networks" (ECCV 2016), Fig. 1(b) and Fig. 4(e).
+Without shortcuts (``shortcuts=False``) the same builders make the paper's "plain" networks (section
+4.1, Table 2, Fig. 4): every block its residual branch alone.
 
 Module and parameter names follow detectron2 (``stem.conv1.weight``, ``res2.0.conv1.norm.weight``,
 ``res3.0.shortcut.weight``), so detectron2 checkpoints load without renaming. The module never imports
@@ -179,11 +181,16 @@ def make_stage(
 
 def build_stages(*, depth: int, norm, stem_out_channels: int, res2_out_channels: Optional[int], num_groups: int,
                   width_per_group: int, stride_in_1x1: bool, res5_dilation: int, preactivation: bool,
-                  only: Optional[str] = None) -> List[List[BlockBase]]:
+                  shortcuts: bool = True, only: Optional[str] = None) -> List[List[BlockBase]]:
     """The blocks of res2..res5 (or of the one stage ``only``) for :func:`build_resnet`'s arguments:
     the one place where the depth table becomes stages, shared by the body and the C4 res5 head."""
     if depth not in RESNET_DEPTHS:
         raise ValueError(f"depth={depth} is not one of {sorted(RESNET_DEPTHS)}")
+    if preactivation and not shortcuts:
+        raise ValueError("preactivation=True with shortcuts=False: pre-activation orders a block relative to its "
+                         "addition (He et al., ECCV 2016, Fig. 4(e)); without one it is the plain network with its "
+                         "norms shifted by a layer. The plain networks of He et al. 2016 (Table 2) are "
+                         "preactivation=False, shortcuts=False")
     kind, blocks_per_stage = RESNET_DEPTHS[depth]
     if res5_dilation not in (1, 2):
         raise ValueError(f"res5_dilation={res5_dilation} must be 1 or 2")
@@ -209,6 +216,8 @@ def build_stages(*, depth: int, norm, stem_out_channels: int, res2_out_channels:
         dilation = res5_dilation if idx == 3 else 1
         first_stride = 1 if idx == 0 or dilation == 2 else 2
         kwargs = dict(in_channels=stage_in, out_channels=stage_out, first_stride=first_stride, norm=norm)
+        if not preactivation:
+            kwargs.update(shortcut=shortcuts)
         if kind == "bottleneck":
             kwargs.update(
                 bottleneck_channels=bottleneck, num_groups=num_groups, stride_in_1x1=stride_in_1x1, dilation=dilation
@@ -233,6 +242,7 @@ def build_resnet(
     freeze_at: int = 0,
     out_features: Sequence[str] = ("res2", "res3", "res4", "res5"),
     preactivation: bool = False,
+    shortcuts: bool = True,
     zero_init_residual: bool = False,
     num_classes: Optional[int] = None,
     body_class: Type[ResNet] = ResNet,
@@ -255,9 +265,13 @@ def build_resnet(
         out_features: subset of "stem", "res2".."res5" (and "linear" with num_classes).
         preactivation: build pre-activation blocks (see :class:`ResNet` ``feature_norm`` for what the
             emitted res2..res5 are).
+        shortcuts: False builds the plain network of the same depth (He et al. 2016, section 4.1, Table 2,
+            Fig. 4): every block its residual branch alone, with neither the identity nor the projection
+            shortcut (the blocks that change shape are plain conv stacks too). Original blocks only.
         zero_init_residual: start each block as its shortcut (the last norm's scale of every residual
             branch at zero, :func:`~resnet_backbones.modeling.blocks.zero_init_residual`); an
-            initialisation for training from scratch, which loaded weights replace. Original blocks only.
+            initialisation for training from scratch, which loaded weights replace. Original blocks with
+            shortcuts only (a plain block's branch is its only path).
         num_classes: add the ImageNet classifier head.
         body_class: the ResNet subclass to instantiate (the detectron2 adapter passes its Backbone
             subclass; the constructor arguments are the same).
@@ -266,7 +280,7 @@ def build_resnet(
     stages = build_stages(depth=depth, norm=norm, stem_out_channels=stem_out_channels,
                            res2_out_channels=res2_out_channels, num_groups=num_groups,
                            width_per_group=width_per_group, stride_in_1x1=stride_in_1x1,
-                           res5_dilation=res5_dilation, preactivation=preactivation)
+                           res5_dilation=res5_dilation, preactivation=preactivation, shortcuts=shortcuts)
     if zero_init_residual:
         if freeze_at >= 2:
             raise ValueError(f"zero_init_residual with freeze_at={freeze_at}: the frozen stages' blocks would stay "
@@ -286,4 +300,5 @@ def build_resnet(
     model.stride_in_1x1 = stride_in_1x1 if kind == "bottleneck" else None
     model.depth = depth
     model.preactivation = preactivation
+    model.shortcuts = shortcuts  # False: a plain network (read by the weight loader's fit message)
     return model

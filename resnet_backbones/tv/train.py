@@ -129,14 +129,8 @@ class Trainer:
         if cfg.SOLVER.IMS_PER_BATCH % world:
             raise ValueError(f"SOLVER.IMS_PER_BATCH={cfg.SOLVER.IMS_PER_BATCH} must be divisible by the "
                              f"{world} processes")
-        names = list(cfg.DATASETS.TRAIN)
-        if len(names) != 1:
-            raise ValueError(f"DATASETS.TRAIN={names}: this engine trains on exactly one dataset")
-        self.dataset = COCOInstances(get_dataset(names[0], cfg), input_format=cfg.INPUT.FORMAT,
-                                     with_masks=cfg.MODEL.MASK_ON, mask_format=cfg.INPUT.MASK_FORMAT,
-                                     filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
-                                     skip_unreadable=cfg.MODEL.RESNET_BACKBONES.SKIP_UNREADABLE_IMAGES)
-        model = build_model(cfg).to(self.device)
+        self.dataset = self.build_train_dataset()
+        model = self.build_model().to(self.device)
         self.optimizer = build_optimizer(cfg, model)
         self.scheduler = build_lr_scheduler(cfg, self.optimizer)
         # None: FP32 (AMP off, or no native half precision here: amp_dtype logs why).
@@ -158,6 +152,26 @@ class Trainer:
         self.hooks: List[HookBase] = self.build_hooks()
         for hook in self.hooks:
             hook.trainer = self
+
+    # -- what a subclass replaces (tools/pretrain_net.py's classifier trainer does) ---------------
+    def build_train_dataset(self):
+        """The training dataset: the one of DATASETS.TRAIN, as COCO instances."""
+        cfg = self.cfg
+        names = list(cfg.DATASETS.TRAIN)
+        if len(names) != 1:
+            raise ValueError(f"DATASETS.TRAIN={names}: this engine trains on exactly one dataset")
+        return COCOInstances(get_dataset(names[0], cfg), input_format=cfg.INPUT.FORMAT,
+                             with_masks=cfg.MODEL.MASK_ON, mask_format=cfg.INPUT.MASK_FORMAT,
+                             filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+                             skip_unreadable=cfg.MODEL.RESNET_BACKBONES.SKIP_UNREADABLE_IMAGES)
+
+    def build_model(self) -> nn.Module:
+        """The model to train, on the CPU: in training mode, ``model(images, targets)`` returns a dict of losses."""
+        return build_model(self.cfg)
+
+    def evaluate(self) -> Dict[str, Dict[str, float]]:
+        """The evaluation after training and every TEST.EVAL_PERIOD: :func:`evaluate` on DATASETS.TEST."""
+        return evaluate(self.cfg, self.model, self.device)
 
     def build_hooks(self) -> List[HookBase]:
         """The hooks that run after each step, in order: metrics, checkpoints, periodic evaluation."""
@@ -283,8 +297,8 @@ class Trainer:
         return self.evaluate_and_log(self.iter)
 
     def evaluate_and_log(self, iteration: int, writer=None) -> Dict[str, Dict[str, float]]:
-        """:func:`evaluate`, its results written to metrics.json (and ``writer``), the model back in training mode."""
-        results = evaluate(self.cfg, self.model, self.device)
+        """:meth:`evaluate`, its results written to metrics.json (and ``writer``), the model back in training mode."""
+        results = self.evaluate()
         write_eval_metrics(self.cfg.OUTPUT_DIR, iteration, results, writer)
         self.model.train()
         return results

@@ -6,7 +6,7 @@ import torch
 
 from ..errors import WeightsError
 
-__all__ = ["Fit", "check_fit"]
+__all__ = ["Fit", "check_fit", "shortcut_hint"]
 
 
 @dataclass(frozen=True)
@@ -34,3 +34,25 @@ def check_fit(state: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tens
                if k in state and state[k].shape != v.shape])
     if fit.missing or fit.unexpected or fit.mismatched:
         raise WeightsError(message(fit))
+
+
+def _is_shortcut(key: str) -> bool:
+    return "shortcut" in key.split(".")
+
+
+def shortcut_hint(fit: Fit) -> str:
+    """A sentence for a fit whose only differences are shortcut tensors (``res3.0.shortcut.weight`` ...),
+    else "": a ResNet's weights offered to a plain network (MODEL.RESNET_BACKBONES.SHORTCUTS False), which
+    has no shortcut to put them in, or a plain network's weights offered to a ResNet."""
+    if fit.mismatched or bool(fit.missing) == bool(fit.unexpected):
+        return ""
+    if fit.unexpected and all(map(_is_shortcut, fit.unexpected)):
+        return (" These are the projection shortcuts of a ResNet, and this model is a plain network "
+                "(MODEL.RESNET_BACKBONES.SHORTCUTS False, He et al. 2016, Table 2), which has none: a ResNet's "
+                "weights do not make a plain network (without its shortcuts every block computes something "
+                "else). Set MODEL.RESNET_BACKBONES.SHORTCUTS True to fine-tune the ResNet, or train the plain "
+                "network from scratch or from a plain network's checkpoint.")
+    if fit.missing and all(map(_is_shortcut, fit.missing)):
+        return (" The checkpoint has no shortcut tensors: it is of a plain network (He et al. 2016, Table 2); "
+                "set MODEL.RESNET_BACKBONES.SHORTCUTS False to build one.")
+    return ""

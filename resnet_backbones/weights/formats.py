@@ -8,6 +8,12 @@ Formats (``format=``):
   ``res2_0_branch2a_w``, ``res2_0_branch1_bn_b``), optionally under ``blobs`` or ``model``.
 - ``detectron2``: ``{"model": {...}}`` with ``backbone.bottom_up.res2.0.conv1.weight`` (FPN models) or
   ``backbone.res2...`` names; also the files written by ``tools/convert_weights.py``.
+- ``resnet_backbones``: the backbone file of this library's classification pretraining
+  (``tools/pretrain_net.py``, :mod:`.pretrained`): the body's own names, with the input conventions and the
+  architecture it was trained with.
+
+Each format is a row of :data:`FORMAT_TABLE` (how to recognise it, how to read it); :func:`parse_weights`
+detects a file's format by asking every row, and exactly one must answer.
 
 Weight files are untrusted input: ``.pkl`` files go through :class:`RestrictedUnpickler` (numpy arrays
 and plain containers only) and everything else through ``torch.load(weights_only=True)``.
@@ -17,16 +23,19 @@ import os
 import pickle
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Set, Tuple
 
 import numpy as np
 import torch
 
 from ..errors import WeightsError
 from .conventions import FAIR_RESNEXT_CONVENTIONS, MSRA_CONVENTIONS, TORCHVISION_CONVENTIONS, Conventions
+from .pretrained import BACKBONE_FILE_FORMAT, read_backbone_file
 
 __all__ = [
     "FORMATS",
+    "FORMAT_TABLE",
+    "WeightFormat",
     "Weights",
     "RestrictedUnpickler",
     "load_pickle",
@@ -34,7 +43,6 @@ __all__ = [
     "parse_weights",
 ]
 
-FORMATS = ("auto", "torchvision", "timm", "caffe2", "detectron2")
 
 
 @dataclass
@@ -47,6 +55,8 @@ class Weights:
     format: the detected or requested format.
     conventions: input conventions the source implies, or None where the file does not say.
     dropped: source keys dropped on purpose (BatchNorm counters, caffe2 momentum blobs).
+    architecture: what the body was built as, where the file says (``resnet_backbones`` files:
+        :func:`~resnet_backbones.weights.pretrained.body_architecture`), else None.
     """
 
     body: Dict[str, torch.Tensor]
@@ -55,6 +65,7 @@ class Weights:
     extra: Dict[str, torch.Tensor] = field(default_factory=dict)
     dropped: List[str] = field(default_factory=list)
     source: str = ""
+    architecture: Optional[Dict[str, Any]] = None
 
 
 class RestrictedUnpickler(pickle.Unpickler):
@@ -113,6 +124,10 @@ def load_file(path: str) -> Any:
         raise WeightsError(f"cannot read weight file {path!r}: {e}") from e
 
 
+# Records (dicts of plain values) that a file's wrapper may carry beside its state dict.
+_META_RECORDS = ("conventions", "architecture", "pretraining")
+
+
 def _unwrap(obj: Any) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """Return (state dict, metadata) from the wrappers used by torchvision/timm/detectron2/caffe2."""
     meta: Dict[str, Any] = {}
@@ -121,8 +136,9 @@ def _unwrap(obj: Any) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     for key in ("model", "state_dict", "blobs", "model_state"):
         if key in obj and isinstance(obj[key], Mapping):
             meta = {k: v for k, v in obj.items() if k != key and not isinstance(v, (Mapping, torch.Tensor, np.ndarray))}
-            if "conventions" in obj and isinstance(obj["conventions"], Mapping):
-                meta["conventions"] = obj["conventions"]
+            for record in _META_RECORDS:
+                if isinstance(obj.get(record), Mapping):
+                    meta[record] = obj[record]
             obj = obj[key]
             break
     state = dict(obj)
@@ -233,25 +249,96 @@ def _from_detectron2(state: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torch.Te
     return body, extra
 
 
-def _detect_format(state: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
-    keys = set(state)
-    if "conv1_w" in keys or "res_conv1_bn_s" in keys or any(k.startswith("res2_0_branch") for k in keys):
-        return "caffe2"
-    if any(k.endswith("stem.conv1.weight") for k in keys):
-        return "detectron2"
-    if "layer1.0.conv1.weight" in keys or "conv1.weight" in keys or "conv1.0.weight" in keys:
-        return "timm" if meta.get("arch") or "state_dict_ema" in meta else "torchvision"
-    sample = sorted(keys)[:8]
-    raise WeightsError(
-        f"cannot tell the format of this checkpoint from its keys (first: {sample}); "
-        f"pass format= one of {FORMATS[1:]}"
-    )
-
-
 def _caffe2_conventions(body: Mapping[str, torch.Tensor]) -> Conventions:
     w = body.get("res2.0.conv2.weight")
     grouped = w is not None and w.dim() == 4 and w.shape[2] == 3 and w.shape[1] != w.shape[0]
     return FAIR_RESNEXT_CONVENTIONS if grouped else MSRA_CONVENTIONS
+
+
+@dataclass(frozen=True)
+class _Read:
+    """What a format's reader makes of a state dict."""
+
+    body: Dict[str, torch.Tensor]
+    conventions: Optional[Conventions]
+    extra: Dict[str, torch.Tensor] = field(default_factory=dict)
+    dropped: List[str] = field(default_factory=list)
+    architecture: Optional[Dict[str, Any]] = None
+
+
+@dataclass(frozen=True)
+class WeightFormat:
+    """A row of :data:`FORMAT_TABLE`.
+
+    detect: (the state dict's keys, the wrapper's metadata) -> whether a file is of this format; the rows
+        answer for disjoint sets of files.
+    read: (tensors without BatchNorm counters, metadata) -> :class:`_Read`, the body under our names.
+    reads: the other formats whose files this row also reads when asked for by name (``format=``).
+    """
+
+    name: str
+    detect: Callable[[Set[str], Mapping[str, Any]], bool]
+    read: Callable[[Dict[str, torch.Tensor], Mapping[str, Any]], _Read]
+    reads: Tuple[str, ...] = ()
+
+
+def _torchvision_keys(keys: Set[str]) -> bool:
+    return "layer1.0.conv1.weight" in keys or "conv1.weight" in keys or "conv1.0.weight" in keys
+
+
+def _is_timm(meta: Mapping[str, Any]) -> bool:
+    return bool(meta.get("arch")) or "state_dict_ema" in meta
+
+
+def _read_torchvision(state, meta) -> _Read:
+    return _Read(_from_torchvision(state), TORCHVISION_CONVENTIONS)
+
+
+def _read_caffe2(state, meta) -> _Read:
+    body, dropped = _from_caffe2(state)
+    return _Read(body, _caffe2_conventions(body), dropped=dropped)
+
+
+def _read_detectron2(state, meta) -> _Read:
+    body, extra = _from_detectron2(state)
+    conventions = Conventions.from_dict(meta["conventions"]) if isinstance(meta.get("conventions"), Mapping) else None
+    return _Read(body, conventions, extra=extra)
+
+
+def _read_backbone_file(state, meta) -> _Read:
+    body, conventions, architecture = read_backbone_file(state, meta)
+    return _Read(body, conventions, architecture=architecture)
+
+
+# Every format: its name (what MODEL.RESNET_BACKBONES.WEIGHTS_FORMAT and ``format=`` take), how a file of it
+# is recognised, and its reader.
+FORMAT_TABLE: Dict[str, WeightFormat] = {f.name: f for f in (
+    WeightFormat("torchvision", lambda keys, meta: _torchvision_keys(keys) and not _is_timm(meta), _read_torchvision,
+                 reads=("timm",)),
+    WeightFormat("timm", lambda keys, meta: _torchvision_keys(keys) and _is_timm(meta), _read_torchvision,
+                 reads=("torchvision",)),
+    WeightFormat("caffe2", lambda keys, meta: "conv1_w" in keys or "res_conv1_bn_s" in keys
+                 or any(k.startswith("res2_0_branch") for k in keys), _read_caffe2),
+    WeightFormat("detectron2", lambda keys, meta: meta.get("format") != BACKBONE_FILE_FORMAT
+                 and any(k.endswith("stem.conv1.weight") for k in keys), _read_detectron2),
+    WeightFormat(BACKBONE_FILE_FORMAT, lambda keys, meta: meta.get("format") == BACKBONE_FILE_FORMAT,
+                 _read_backbone_file, reads=("detectron2",)),
+)}
+FORMATS = ("auto",) + tuple(FORMAT_TABLE)
+
+
+def _detect_format(state: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
+    keys = set(state)
+    found = [f.name for f in FORMAT_TABLE.values() if f.detect(keys, meta)]
+    if len(found) == 1:
+        return found[0]
+    sample = sorted(keys)[:8]
+    if not found:
+        raise WeightsError(
+            f"cannot tell the format of this checkpoint from its keys (first: {sample}); "
+            f"pass format= one of {FORMATS[1:]}"
+        )
+    raise WeightsError(f"this checkpoint looks like each of {found} (first keys: {sample}); pass format= one of them")
 
 
 def parse_weights(obj: Any, *, format: str = "auto", source: str = "") -> Weights:
@@ -259,30 +346,18 @@ def parse_weights(obj: Any, *, format: str = "auto", source: str = "") -> Weight
 
     Args:
         obj: what :func:`load_file` returned, or a state dict.
-        format: one of :data:`FORMATS`; "auto" detects it from the key names.
+        format: one of :data:`FORMATS`; "auto" detects it (:data:`FORMAT_TABLE`).
         source: a name for messages.
     """
     if format not in FORMATS:
         raise WeightsError(f"format={format!r} must be one of {FORMATS}")
     state, meta = _unwrap(obj)
     detected = _detect_format(state, meta)
-    compatible = {detected} | ({"torchvision", "timm"} if detected in ("torchvision", "timm") else set())
-    if format != "auto" and format not in compatible:
+    if format != "auto" and format != detected and format not in FORMAT_TABLE[detected].reads:
         raise WeightsError(f"{source or 'checkpoint'}: asked for format {format!r}, but its keys are {detected} names")
     fmt = detected if format == "auto" else format
     dropped = [k for k in state if k.endswith("num_batches_tracked")]
     state = {k: _to_tensor(k, v) for k, v in state.items() if not k.endswith("num_batches_tracked")}
-    extra: Dict[str, torch.Tensor] = {}
-    conventions: Optional[Conventions] = None
-    if fmt in ("torchvision", "timm"):
-        body, more = _from_torchvision(state), []
-        conventions = TORCHVISION_CONVENTIONS
-    elif fmt == "caffe2":
-        body, more = _from_caffe2(state)
-        conventions = _caffe2_conventions(body)
-    else:
-        body, extra = _from_detectron2(state)
-        more = []
-        if isinstance(meta.get("conventions"), Mapping):
-            conventions = Conventions.from_dict(meta["conventions"])
-    return Weights(body=body, format=fmt, conventions=conventions, extra=extra, dropped=dropped + more, source=source)
+    read = FORMAT_TABLE[fmt].read(state, meta)
+    return Weights(body=read.body, format=fmt, conventions=read.conventions, extra=read.extra,
+                   dropped=dropped + read.dropped, source=source, architecture=read.architecture)

@@ -12,8 +12,9 @@ from ..modeling.fpn import FPN
 from ..modeling.resnet import ResNet
 from .catalog import fetch_source
 from .conventions import Conventions, check_stride_convention
-from .fit import check_fit
+from .fit import check_fit, shortcut_hint
 from .formats import Weights, parse_weights
+from .pretrained import check_architecture
 
 __all__ = ["LoadReport", "read_weights", "load_backbone_weights", "match_body_state", "match_res5_head_state"]
 
@@ -57,19 +58,35 @@ def _split_body(model: nn.Module):
 def match_body_state(body: ResNet, weights: Weights):
     """Check ``weights`` against ``body`` and return (tensors keyed by body names, keys dropped on purpose).
 
-    Raises :class:`WeightsError` for a stride-convention mismatch, a pre-activation body, missing or
-    unused body keys, or shape mismatches (see :func:`load_backbone_weights`).
+    Raises :class:`WeightsError` for a stride-convention mismatch, a pre-activation body (except from a
+    backbone file of this library's pretraining, whose architecture record is checked against the body
+    first: :func:`~resnet_backbones.weights.pretrained.check_architecture`), missing or unused body keys,
+    or shape mismatches (see :func:`load_backbone_weights`).
     """
-    if getattr(body, "preactivation", False):
+    if weights.architecture is not None:  # a backbone file that says what it is (tools/pretrain_net.py)
+        check_architecture(weights.architecture, body, weights.source)
+    elif getattr(body, "preactivation", False):
         raise WeightsError(
             "pre-activation bodies have a different block layout than every supported ImageNet format; "
-            "train them from scratch or load a checkpoint of this library's own pre-activation model"
-            " with model.load_state_dict"
+            "train them from scratch, pretrain one (tools/pretrain_net.py writes a backbone file that loads "
+            "into it), or load a checkpoint of this library's own pre-activation model with model.load_state_dict"
         )
     check_stride_convention(weights.conventions, getattr(body, "stride_in_1x1", None), weights.source)
     target = {k: v for k, v in body.state_dict().items() if not k.endswith("num_batches_tracked")}
     src = dict(weights.body)
     dropped = list(weights.dropped)
+    if getattr(body, "preactivation", False):
+        # A pre-activation body normalises each feature it emits (ResNet ``feature_norm``); a classifier's
+        # body emits res5 only, so a detector's res2..res4 norms have no pretrained tensors: they keep their
+        # initialisation (logged), and the file's norm of a feature the body does not emit is dropped.
+        for k in [k for k in src if k.startswith("feature_norms.") and k not in target]:
+            dropped.append(k)
+            del src[k]
+        fresh = sorted(k for k in target if k.startswith("feature_norms.") and k not in src)
+        if fresh:
+            logger.info("%s: %d tensors of the pre-activation feature norms keep their initialisation (the "
+                        "source has none for these features): %s", weights.source, len(fresh), fresh)
+            target = {k: v for k, v in target.items() if k not in fresh}
     built_stages = set(body.stage_names)
     for k in list(src):
         head = k.split(".", 1)[0]
@@ -80,14 +97,17 @@ def match_body_state(body: ResNet, weights: Weights):
             dropped.append(k)
             del src[k]
 
+    kind = "ResNet" if getattr(body, "shortcuts", True) else "plain"  # He et al. 2016 call them plain-18 ...
+
     def message(fit):
         missing, unused = fit.missing, fit.unexpected
         if missing or unused:
             return (
-                f"{weights.source or 'checkpoint'} does not fit this ResNet-{getattr(body, 'depth', '?')} body: "
+                f"{weights.source or 'checkpoint'} does not fit this {kind}-{getattr(body, 'depth', '?')} body: "
                 f"{len(missing)} missing {missing[:12]}{' ...' if len(missing) > 12 else ''}; "
                 f"{len(unused)} unused {unused[:12]}{' ...' if len(unused) > 12 else ''}. "
-                "Check depth, num_groups/width_per_group and norm against the checkpoint."
+                + (shortcut_hint(fit).lstrip() or "Check depth, num_groups/width_per_group and norm against the "
+                   "checkpoint.")
             )
         bad = [f"{k}: checkpoint {s} vs model {t}" for k, s, t in fit.mismatched]
         return f"{len(bad)} shapes differ (depth, num_groups, width_per_group?): {bad[:8]}"
@@ -112,7 +132,8 @@ def match_res5_head_state(head: nn.Module, weights: Weights, prefix: str = "roi_
         if missing or unused:
             return (f"{weights.source or 'checkpoint'} does not fit the res5 head (MODEL.ROI_HEADS.NAME Res5ROIHeads): "
                     f"{len(missing)} missing {[prefix + k for k in missing[:8]]}, {len(unused)} unused "
-                    f"{['res5.' + k for k in unused[:8]]}. Check depth, num_groups/width_per_group and norm.")
+                    f"{['res5.' + k for k in unused[:8]]}."
+                    + (shortcut_hint(fit) or " Check depth, num_groups/width_per_group and norm."))
         bad = [f"{prefix}{k}: checkpoint {s} vs model {t}" for k, s, t in fit.mismatched]
         return f"{len(bad)} res5 head shapes differ (depth, num_groups, width_per_group?): {bad[:8]}"
 

@@ -4,7 +4,10 @@ conventions of a named source (before any download) -> fetch -> read safely -> a
 (either engine's layout, converted to the model's) or a backbone source (any ImageNet format, renamed
 into the body) -> conventions and fit checked. The torchvision engine calls :func:`load_model_weights`;
 the detectron2 engine's checkpointer calls :func:`resolve_model_weights` and hands the result to
-detectron2's own loading.
+detectron2's own loading. The backbone files of this library's pretraining (``tools/pretrain_net.py``,
+:mod:`.pretrained`) are one more backbone format: their recorded conventions are checked against the
+config here, their architecture against the body in :func:`~resnet_backbones.weights.loader.match_body_state`,
+and their res5 reaches the C4 head as any ImageNet source's.
 """
 import logging
 from dataclasses import dataclass, field
@@ -18,9 +21,10 @@ from ..modeling.vgg import VGG
 from .catalog import fetch_source
 from .conventions import VGG_CONVENTIONS, known_conventions
 from .detector import detector_layout, num_classes_of, to_detectron2, to_torchvision
-from .fit import check_fit
+from .fit import check_fit, shortcut_hint
 from .formats import parse_weights
 from .loader import match_body_state, match_res5_head_state
+from .pretrained import is_backbone_file, match_vgg_body_state
 from .vgg import match_vgg_state
 
 __all__ = ["ResolvedWeights", "check_cfg_conventions", "resolve_model_weights", "load_model_weights"]
@@ -86,8 +90,9 @@ def _check_fits(state: Dict[str, torch.Tensor], model_state: Dict[str, torch.Ten
     def message(fit):
         bad = [f"{k}: {s} vs {t}" for k, s, t in fit.mismatched]
         return (f"{source} is a detector checkpoint that does not fit this config: {len(fit.missing)} missing "
-                f"{fit.missing[:8]}, {len(fit.unexpected)} unexpected {fit.unexpected[:8]}, shapes {bad[:8]} "
-                "(different depth, FPN/head sizes, MODEL.MASK_ON, or ROI_BOX_HEAD.NUM_CONV/NUM_FC?)")
+                f"{fit.missing[:8]}, {len(fit.unexpected)} unexpected {fit.unexpected[:8]}, shapes {bad[:8]}"
+                + (shortcut_hint(fit) or " (different depth, FPN/head sizes, MODEL.MASK_ON, or "
+                   "ROI_BOX_HEAD.NUM_CONV/NUM_FC?)"))
 
     check_fit(state, wanted, message, known=model_state)
 
@@ -123,10 +128,20 @@ def resolve_model_weights(model: nn.Module, cfg, *, layout: str, source: Optiona
                    + f", {len(state)} tensors" + (f"; dropped on purpose: {dropped}" if dropped else ""))
         return ResolvedWeights("detector", state, extra, dropped, summary)
     fmt = cfg.MODEL.RESNET_BACKBONES.WEIGHTS_FORMAT
+    if isinstance(model.backbone, VGG) and is_backbone_file(obj):  # a VGG body of tools/pretrain_net.py
+        weights = parse_weights(obj, format=fmt, source=source)
+        check_cfg_conventions(cfg, weights.conventions)
+        tensors, dropped = match_vgg_body_state(model.backbone, weights.body, weights.architecture, source)
+        out = {"backbone." + k: v for k, v in tensors.items()}
+        summary = (f"{source}: {len(out)} tensors of a pretrained VGG-{model.backbone.depth} body "
+                   f"({weights.format} format, {weights.conventions.name} conventions); the box head keeps its "
+                   "initialisation (the pretraining classifier is an average pool and one linear layer, not "
+                   f"fc6/fc7); {len(dropped)} dropped on purpose")
+        return ResolvedWeights("backbone", out, {}, dropped, summary)
     if isinstance(model.backbone, VGG):  # torchvision's ImageNet VGG: the body and fc6/fc7 as the box head
         if fmt not in ("auto", "torchvision"):
             raise ConfigError(f"MODEL.RESNET_BACKBONES.WEIGHTS_FORMAT={fmt!r}: the VGG body reads torchvision's "
-                              "VGG state dicts only; set auto")
+                              "VGG state dicts, or the backbone files of tools/pretrain_net.py; set auto")
         check_cfg_conventions(cfg, VGG_CONVENTIONS)
         box_head = getattr(getattr(model, "roi_heads", None), "box_head", None)
         out, dropped = match_vgg_state(model.backbone, box_head, state, source=source)
