@@ -16,6 +16,7 @@ from torch import nn
 from ..checkpoints import last_checkpoint, share_main_process_state
 from ..errors import ConfigError, DatasetError
 from ..tv.distributed import all_gather, get_local_rank, get_rank, get_world_size, is_main_process, synchronize
+from ..tv.main import setup_run
 from ..tv.model import resolve_device
 from ..tv.train import Trainer, _unwrap, setup_logging
 from ..tv.verify import verify_results
@@ -201,17 +202,6 @@ class PretrainTrainer(Trainer):
                         n, path)
 
 
-def _setup(cfg, config_path: str) -> None:
-    os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
-    setup_logging(cfg.OUTPUT_DIR)
-    if is_main_process():
-        with open(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), "w") as f:
-            f.write(cfg.dump())
-    logger.info("pretraining config %s; full config saved to %s", config_path, os.path.join(cfg.OUTPUT_DIR, "config.yaml"))
-    torch.backends.cudnn.benchmark = cfg.CUDNN_BENCHMARK
-    synchronize()
-
-
 def _evaluate_only(cfg, data: PretrainData, resume: bool) -> Dict[str, Dict[str, float]]:
     """Evaluate a classifier checkpoint: OUTPUT_DIR's last one with ``resume``, else MODEL.WEIGHTS."""
     path = last_checkpoint(cfg.OUTPUT_DIR) if resume else cfg.MODEL.WEIGHTS
@@ -249,7 +239,7 @@ def main(cfg, config_path: str, eval_only: bool = False, resume: bool = False,
     setup_logging(cfg.OUTPUT_DIR)
     data = prepare_data(cfg) if data is None else data
     cfg = schedule_from_epochs(cfg, len(data.splits.train))
-    _setup(cfg, config_path)
+    setup_run(cfg, config_path, eval_only)
     logger.info("%s: %d classes, %d training and %d validation images", data.splits.root, data.num_classes,
                 len(data.splits.train), len(data.splits.val))
     if eval_only:

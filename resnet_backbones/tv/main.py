@@ -12,12 +12,14 @@ from .model import build_model, resolve_device
 from .train import Trainer, evaluate, setup_logging
 from .verify import verify_results
 
-__all__ = ["main"]
+__all__ = ["main", "setup_run"]
 
 logger = logging.getLogger("resnet_backbones")
 
 
-def _setup(cfg, config_path: str, eval_only: bool) -> None:
+def setup_run(cfg, config_path: str, eval_only: bool) -> None:
+    """OUTPUT_DIR, logging and config.yaml (written by process 0), cudnn benchmark for training; both
+    tools/train_net.py's torchvision engine and tools/pretrain_net.py start a run with it."""
     os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
     setup_logging(cfg.OUTPUT_DIR)
     if is_main_process():
@@ -31,7 +33,7 @@ def _setup(cfg, config_path: str, eval_only: bool) -> None:
 
 def main(cfg, config_path: str, eval_only: bool, resume: bool):
     """Train (or with ``eval_only`` evaluate), then check TEST.EXPECTED_RESULTS on the main process."""
-    _setup(cfg, config_path, eval_only)
+    setup_run(cfg, config_path, eval_only)
     # Fail before building anything when a dataset is missing.
     for name in ([] if eval_only else list(cfg.DATASETS.TRAIN)) + list(cfg.DATASETS.TEST):
         get_dataset(name, cfg)
