@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -120,8 +121,11 @@ def test_two_process_ddp_on_gloo_stays_in_sync(tmp_path):
 
 
 def run_tool(*args, env=None):
-    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=1200)
+    start = time.perf_counter()
+    r = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                       env={**os.environ, **(env or {})}, timeout=1200)
+    print(f"{' '.join(args[:3])}: {time.perf_counter() - start:.0f} s")  # where a slow test spends its time
+    return r
 
 
 def test_cli_errors_are_clear(tmp_path):
@@ -164,14 +168,16 @@ def test_ci_sized_training_learns_and_eval_only_and_demo_agree(tmp_path):
     assert demo.returncode == 0, demo.stderr[-3000:]
     assert sorted(os.listdir(tmp_path / "demo")) == ["000000.png", "000001.png"]
 
-    # The trained model exported to both formats: the same COCO AP (within 0.1) and the same boxes.
+    # The trained model exported: the same COCO AP (within 0.1) and the same boxes. ONNX where onnxruntime is
+    # installed (CI installs it), as in the Mask R-CNN test below: its kernels are not the eager ones, while
+    # TorchScript runs the eager kernels and is checked bit for bit in tests/test_export.py.
     import importlib.util
 
-    for fmt in ("torchscript", "onnx") if importlib.util.find_spec("onnxruntime") else ("torchscript",):
-        diffs, (n_eager, n_exported, pairs, largest) = _export_and_compare(QUICK, out / "model_final.pth", fmt,
-                                                                           tmp_path / fmt)
-        assert all(abs(diffs["bbox"][m][1]) <= 0.1 for m in ("AP", "AP50", "AP75")), diffs
-        assert n_exported == n_eager == pairs and largest <= 1e-3
+    fmt = "onnx" if importlib.util.find_spec("onnxruntime") else "torchscript"
+    diffs, (n_eager, n_exported, pairs, largest) = _export_and_compare(QUICK, out / "model_final.pth", fmt,
+                                                                       tmp_path / fmt)
+    assert all(abs(diffs["bbox"][m][1]) <= 0.1 for m in ("AP", "AP50", "AP75")), diffs
+    assert n_exported == n_eager == pairs and largest <= 1e-3
 
 
 def _export_and_compare(config, weights, fmt, folder, *extra):
@@ -217,19 +223,22 @@ def test_a_trained_mask_rcnn_exports_with_the_eager_segm_ap(tmp_path):
 
 @pytest.mark.slow
 def test_ci_sized_training_on_a_coco_format_variant_with_80_coco_ids_learns(tmp_path):
-    """The main job's schedule (all 300 iterations), at its own settings, on another small COCO-format
-    dataset: COCO's 80 real category ids, JPEGs of 100-200 px, polygons, crowd regions, grey and empty
-    images (``shapes_coco80_jpeg_polygon``; configs/quick_schedules/README.md). With element-wise gradient
-    clipping this recipe diverged here at iteration 65; now it must train and learn."""
+    """The main job's recipe, at its own settings, on another small COCO-format dataset: COCO's 80 real
+    category ids, JPEGs of 100-200 px, polygons, crowd regions, grey and empty images
+    (``shapes_coco80_jpeg_polygon``; configs/quick_schedules/README.md). With element-wise gradient clipping
+    this recipe diverged here at iteration 65; now it must train healthily and learn. Its first 150
+    iterations (warm-up, 70 at the full LR, then the step), half the schedule to keep CI short: the
+    divergence came in the first 100, and the main job's test above checks the whole schedule's AP."""
     out = tmp_path / "run"
     r = run_tool("tools/train_net.py", "--config", QUICK, "--engine", "torchvision", "OUTPUT_DIR", str(out),
                  "DATASETS.TRAIN", '("shapes_coco80_jpeg_polygon_train",)',
                  "DATASETS.TEST", '("shapes_coco80_jpeg_polygon_val",)', "MODEL.ROI_HEADS.NUM_CLASSES", "80",
-                 "SOLVER.CHECKPOINT_PERIOD", "1000")
+                 "SOLVER.CHECKPOINT_PERIOD", "1000", "SOLVER.MAX_ITER", "150", "SOLVER.STEPS", "(120,)")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "Training health: healthy" in r.stdout + r.stderr
     final = [json.loads(x) for x in open(out / "metrics.json")][-1]
     print("CI-sized run on the 80-id variant:", {k: round(v, 2) for k, v in final.items() if k.startswith("bbox/AP")})
-    # One thread: 55.6 FP32 AVX2-only (test size 96), 56.8 bf16 AVX-512; no seed spread was measured on this
-    # dataset, so the main job's sd (2.0) stands in: about mean - 3 sd. Untrained: < 1.
-    assert final["bbox/AP50"] >= 50.0
+    # One thread, FP32, AVX2-only EPYC: 20.1 after these 150 iterations (55.6 after all 300). No seed spread
+    # was measured at 150, where AP still climbs fast, so the bound is well below: it fails a diverged run
+    # (AP 0) or one that learned nothing (untrained: < 1), not a seed.
+    assert final["bbox/AP50"] >= 8.0

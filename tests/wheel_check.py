@@ -3,9 +3,9 @@
     python wheel_check.py --checkout /path/to/clone [--require-detectron2]
 
 Fails unless: the package is imported from site-packages (not the checkout); every shipped config is
-found by its short name; every yaml config builds its model on the CPU (torchvision engine, and the
-detectron2 engine when detectron2 is installed); every LazyConfig instantiates and runs a CPU forward
-(detectron2 only); and the console command trains ``--config faster_rcnn_R101.yaml`` for two
+found by its short name; every yaml config builds its model (torchvision engine, and the detectron2 engine
+when detectron2 is installed; on the meta device: every constructor runs, no weights are filled); every
+LazyConfig instantiates and runs a CPU forward (detectron2 only); and the console command trains ``--config faster_rcnn_R101.yaml`` for two
 iterations on the synthetic dataset (on each engine there is). Not a pytest module: it tests the
 install, so it must not run from the tests folder of a checkout.
 """
@@ -62,16 +62,18 @@ def check_yaml(names, with_detectron2: bool) -> None:
         if os.path.basename(name).startswith("Base-"):
             continue
         model_zoo.get_config_file(name)
-        cfg = load_config(name, ["MODEL.DEVICE", "cpu"], use_detectron2=False)
+        cfg = load_config(name, ["MODEL.DEVICE", "meta"], use_detectron2=False)
         check_supported(cfg)
-        model = build_model(cfg)
+        with torch.device("meta"):  # every constructor runs; no memory is filled (6 s -> 0.7 s for R152-DC5)
+            model = build_model(cfg)
         n = sum(p.numel() for p in model.parameters())
         line = f"{name}: torchvision engine {n / 1e6:.1f} M parameters"
         if with_detectron2:
             from detectron2.modeling import build_model as d2_build_model
 
-            d2cfg = load_config(name, ["MODEL.DEVICE", "cpu"], use_detectron2=True)
-            d2_model = d2_build_model(d2cfg)
+            d2cfg = load_config(name, ["MODEL.DEVICE", "meta"], use_detectron2=True)
+            with torch.device("meta"):
+                d2_model = d2_build_model(d2cfg)
             ours = {k: tuple(v.shape) for k, v in model.backbone.state_dict().items()}
             theirs = {k: tuple(v.shape) for k, v in d2_model.backbone.state_dict().items()}
             if ours != theirs:
