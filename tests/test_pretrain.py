@@ -107,6 +107,10 @@ def test_pretraining_learns_and_writes_a_backbone_file(pretrained):
     # 3 classes (chance: 33 %), 30 validation images; 90 % on the machine it was written on.
     assert final["classification/top1"] >= 70, final
     assert sorted(r["iteration"] for r in metrics(pretrained) if "lr" in r) == list(range(1, 51))
+    # The training error (Figure 4's thin curves): logged with every progress line, in %, falling from
+    # chance (66.7 %) as the validation top-1 rises.
+    train = [r["top1_error_train"] for r in metrics(pretrained) if "lr" in r]
+    assert len(train) == 50 and all(0 <= e <= 100 for e in train) and train[-1] <= 50, train
     assert any(n.startswith("events.out.tfevents") for n in os.listdir(pretrained))
     obj = torch.load(os.path.join(pretrained, BACKBONE_FILE), weights_only=True)
     assert obj["format"] == "resnet_backbones" and obj["format_version"] == 1

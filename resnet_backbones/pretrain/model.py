@@ -29,8 +29,8 @@ class ImageClassifier(nn.Module):
 
     ``forward(images, targets=None)``: ``images`` an (N, 3, H, W) tensor of 0-255 values (uint8 or float, on
     any device: moved to the model's). In training with ``targets`` (a list of ``{"label": int64 tensor}``)
-    returns ``{"loss_cls": cross-entropy}``, the loss dict the torchvision engine's trainer steps on;
-    otherwise the (N, num_classes) logits.
+    returns ``{"loss_cls": cross-entropy}``, the loss dict the torchvision engine's trainer steps on, and
+    keeps the batch's top-1 error (%) in ``batch_top1_error``; otherwise the (N, num_classes) logits.
     """
 
     def __init__(self, backbone: nn.Module, feature: str, num_classes: int, *, pixel_mean: Sequence[float],
@@ -55,6 +55,9 @@ class ImageClassifier(nn.Module):
         logits = self.linear(torch.flatten(F.adaptive_avg_pool2d(self.backbone(x)[self.feature], 1), 1))
         if self.training and targets is not None:
             labels = torch.stack([t["label"] for t in targets]).to(logits.device)
+            # The batch's top-1 error (in %), kept for the trainer's log: the training error of the paper's
+            # Figure 4, measured on the augmented crops as they are trained on.
+            self.batch_top1_error = (logits.detach().argmax(1) != labels).double().mean() * 100.0
             return {"loss_cls": F.cross_entropy(logits.float(), labels)}
         return logits
 

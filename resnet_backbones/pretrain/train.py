@@ -165,6 +165,18 @@ class PretrainTrainer(Trainer):
     def build_model(self) -> ImageClassifier:
         return build_classifier(self.cfg, self.data.num_classes)
 
+    def run_step(self, iteration: int, images, targets) -> Dict[str, float]:
+        """The detection step, plus ``top1_error_train``: the batch's top-1 error (%, averaged over the
+        processes), which the progress line, metrics.json and TensorBoard show as the window's median (the
+        training curve of the paper's Figure 4; tools/degradation_check.py draws it)."""
+        values = super().run_step(iteration, images, targets)
+        error = _unwrap(self.model).batch_top1_error.detach().reshape(1)
+        if get_world_size() > 1:
+            dist.all_reduce(error)
+            error /= get_world_size()
+        values["top1_error_train"] = error.item()
+        return values
+
     def _loader(self):
         cfg = self.cfg
         sampler = ClassificationBatchSampler(len(self.dataset), cfg.SOLVER.IMS_PER_BATCH // get_world_size(),
