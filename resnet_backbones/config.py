@@ -219,7 +219,7 @@ def add_resnet_backbones_config(cfg) -> None:
         the C4 res5 head, so each block starts as the identity (Goyal et al. 2017, section 5.1;
         torchvision's ``zero_init_residual``). For training from scratch: loaded weights replace it.
         False is detectron2's initialisation. From scratch it lifts a quarter-width ResNet-50 FPN from bbox
-        AP50 11.9 to 52.7 and the DC5 quick schedule from 6.2 to 22.6 (configs/quick_schedules/README.md).
+        AP50 11.9 to 52.7 and the DC5 quick schedule from 6.2 to 22.6 (configs/quick_schedules/NOTES.md).
     WEIGHTS_FORMAT: format of MODEL.WEIGHTS when it is an ImageNet/backbone source: "auto",
         "torchvision", "timm", "caffe2", "detectron2" or "resnet_backbones" (the backbone files of
         tools/pretrain_net.py; resnet_backbones.weights.formats.FORMAT_TABLE).

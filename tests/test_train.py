@@ -14,7 +14,7 @@ from resnet_backbones.tv.train import Trainer
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK = "quick_schedules/faster_rcnn_R18_synthetic.yaml"
 # The main job's bbox AP50 after its full schedule must reach its seed spread's mean - 3 sd on either engine
-# (torchvision 58.2 +- 2.0, detectron2 57.5 +- 0.7 over three seeds each; configs/quick_schedules/README.md).
+# (torchvision 58.2 +- 2.0, detectron2 57.5 +- 0.7 over three seeds each; configs/quick_schedules/NOTES.md).
 MAIN_JOB_AP50_BOUND = 52.0
 
 
@@ -139,7 +139,7 @@ def test_cli_errors_are_clear(tmp_path):
 
 @pytest.mark.slow
 def test_ci_sized_training_learns_and_eval_only_and_demo_agree(tmp_path):
-    """The main job as shipped (all 300 iterations; configs/quick_schedules/README.md), then --eval-only and demo."""
+    """The main job as shipped (all 300 iterations; configs/quick_schedules/NOTES.md), then --eval-only and demo."""
     out = tmp_path / "run"
     r = run_tool("tools/train_net.py", "--config", QUICK, "--engine", "torchvision", "OUTPUT_DIR", str(out),
                  "SOLVER.CHECKPOINT_PERIOD", "1000")
@@ -148,7 +148,7 @@ def test_ci_sized_training_learns_and_eval_only_and_demo_agree(tmp_path):
     final = [json.loads(x) for x in open(out / "metrics.json")][-1]
     print("CI-sized run:", {k: round(v, 2) for k, v in final.items() if k.startswith("bbox/AP")})
     # The bound is the recipe's seed spread on this engine, mean - 3 sd: 58.2 +- 2.0 over three seeds
-    # (configs/quick_schedules/README.md, bf16, test size 88). Measured here with one thread (a pytest-xdist
+    # (configs/quick_schedules/NOTES.md, bf16, test size 88). Measured here with one thread (a pytest-xdist
     # worker): 59.9 in bf16 on the AVX-512 CPU; 62.7 in FP32 on the AVX2-only one at test size 96, which
     # scored no higher than 88 on any of nine models. Untrained: below 1.
     assert final["bbox/AP50"] >= MAIN_JOB_AP50_BOUND
@@ -225,7 +225,7 @@ def test_a_trained_mask_rcnn_exports_with_the_eager_segm_ap(tmp_path):
 def test_ci_sized_training_on_a_coco_format_variant_with_80_coco_ids_learns(tmp_path):
     """The main job's recipe, at its own settings, on another small COCO-format dataset: COCO's 80 real
     category ids, JPEGs of 100-200 px, polygons, crowd regions, grey and empty images
-    (``shapes_coco80_jpeg_polygon``; configs/quick_schedules/README.md). With element-wise gradient clipping
+    (``shapes_coco80_jpeg_polygon``; configs/quick_schedules/NOTES.md). With element-wise gradient clipping
     this recipe diverged here at iteration 65; now it must train healthily and learn. Its first 150
     iterations (warm-up, 70 at the full LR, then the step), half the schedule to keep CI short: the
     divergence came in the first 100, and the main job's test above checks the whole schedule's AP."""
