@@ -60,7 +60,6 @@ import io
 import json
 import os
 import shlex
-import subprocess
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -73,6 +72,7 @@ import torch  # noqa: E402
 from resnet_backbones.benchmark import (DETECTOR_VARIANTS, EVAL_VARIANTS, MODES, VARIANTS, cpu_info,  # noqa: E402
                                         cpu_kind, describe, describe_cpu, detector_eval_gflop, half_dtype,
                                         matmul_peak, run_isolated)
+from resnet_backbones.benchmark.machine import checkout_commit  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "benchmark_results.md")
 _RESULTS_HEAD = ("# Benchmark results\n\nWritten by `tools/benchmark.py --record`, one section per run, newest "
@@ -94,17 +94,8 @@ class _Tee(io.TextIOBase):
 
 
 def _commit() -> str:
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
-                             check=True).stdout.strip()
-        # Only code counts: a change to the README or the tests does not change what is measured.
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "resnet_backbones",
-                                "tools", "configs", "pyproject.toml", ":!tools/benchmark_results.md"], cwd=root,
-                               capture_output=True, text=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (not a git checkout)"
-    return sha + ("-dirty" if dirty.strip() else "")
+    return checkout_commit(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           records=["tools/benchmark_results.md"])
 
 
 def record(output: str, argv, device: torch.device, kind: str, path: str = RESULTS) -> None:

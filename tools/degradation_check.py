@@ -20,7 +20,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -139,11 +138,10 @@ def main() -> None:
         rows.append({"net": name, "depth": depth, "shortcuts": shortcuts, "train_top1_error": train[-1][1],
                      "val_top1_error": val[-1][1], "best_val_top1_error": min(e for _, e in val),
                      "paper_imagenet_top1_error": PAPER_TOP1_ERROR[name], "minutes": round(seconds[name] / 60, 1)})
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    sys.path.insert(0, ROOT)
+    from resnet_backbones.benchmark.machine import cpu_info
+
+    cpu = cpu_info()["name"]
     lines = [f"Measured {datetime.date.today()} on {cpu} ({os.cpu_count()} CPUs), `tools/degradation_check.py "
              f"{' '.join(sys.argv[1:])}`: {args.config}, {args.iters} iterations per net, seed {args.seed}.", "",
              "| net | training top-1 error (%) | validation top-1 error (%) | best validation | "

@@ -75,15 +75,9 @@ def measure(engine: str, output: str) -> Dict[str, object]:
 
 
 def _commit() -> str:
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                             check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "resnet_backbones",
-                                "tools", "configs", "pyproject.toml", ":!tools/main_job_results.md",
-                                ":!tools/benchmark_results.md"], cwd=ROOT, capture_output=True, text=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return sha + ("-dirty" if dirty.strip() else "")
+    from resnet_backbones.benchmark.machine import checkout_commit
+
+    return checkout_commit(ROOT, records=["tools/main_job_results.md", "tools/benchmark_results.md"])
 
 
 def read_records(path: str = RESULTS) -> List[Dict[str, str]]:

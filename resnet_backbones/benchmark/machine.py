@@ -6,9 +6,10 @@ hundreds of times slower than FP32) and about half the FP32 throughput of an AVX
 ("emulated" AVX2 figures); both are reported when set.
 """
 import os
-from typing import Any, Dict
+import subprocess
+from typing import Any, Dict, Sequence
 
-__all__ = ["cpu_info", "cpu_kind", "describe_cpu"]
+__all__ = ["checkout_commit", "cpu_info", "cpu_kind", "describe_cpu"]
 
 # /proc/cpuinfo flags worth naming, in the order the header prints them.
 _FLAGS = (("avx2", "AVX2"), ("avx512f", "AVX-512"), ("avx512_bf16", "AVX-512 BF16"), ("amx_bf16", "AMX-BF16"),
@@ -60,3 +61,18 @@ def cpu_kind(info: Dict[str, Any]) -> str:
     if "AVX-512" in info["isa"]:
         return "AVX-512 + native bf16" if info["native_bf16"] else "AVX-512, no native bf16"
     return "AVX2-only" if "AVX2" in info["isa"] else "no AVX2"
+
+
+def checkout_commit(root: str, records: Sequence[str] = ()) -> str:
+    """The short commit of the checkout at ``root``, with ``-dirty`` when the code that is measured (the
+    package, tools, configs, pyproject.toml; not the README or the tests, nor the ``records`` files the tools
+    write) has uncommitted changes; "unknown (not a git checkout)" outside one."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "resnet_backbones",
+                                "tools", "configs", "pyproject.toml", *(f":!{r}" for r in records)], cwd=root,
+                               capture_output=True, text=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return sha + ("-dirty" if dirty.strip() else "")
