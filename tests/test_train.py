@@ -16,6 +16,11 @@ QUICK = "quick_schedules/faster_rcnn_R18_synthetic.yaml"
 # The main job's bbox AP50 after its full schedule must reach its seed spread's mean - 3 sd on either engine
 # (torchvision 58.2 +- 2.0, detectron2 57.5 +- 0.7 over three seeds each; configs/quick_schedules/NOTES.md).
 MAIN_JOB_AP50_BOUND = 52.0
+# The main job's image sizes and FPN width (faster_rcnn_R18_synthetic.yaml), for the Mask R-CNN quick schedule.
+MAIN_JOB_SIZES = ("MODEL.FPN.OUT_CHANNELS", "64", "INPUT.MIN_SIZE_TRAIN", "(64, 80, 96)", "INPUT.MAX_SIZE_TRAIN", "160",
+                  "INPUT.MIN_SIZE_TEST", "88", "INPUT.MAX_SIZE_TEST", "160")
+# With them, the mask head at the same width (64 channels instead of 256).
+SMALL_MASK_RCNN = (*MAIN_JOB_SIZES, "MODEL.ROI_MASK_HEAD.CONV_DIM", "64")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -201,7 +206,8 @@ def _export_and_compare(config, weights, fmt, folder, *extra):
 
 @pytest.mark.slow
 def test_a_trained_mask_rcnn_exports_with_the_eager_segm_ap(tmp_path):
-    """A short Mask R-CNN training (R18-FPN quick schedule cut to 100 iterations), exported to ONNX,
+    """A short Mask R-CNN training (R18-FPN quick schedule cut to 100 iterations, at the main job's image
+    sizes and FPN width: 2.7 s per iteration at the base's sizes, the test's whole time), exported to ONNX,
     batched (2 images per graph): the exported bbox and segm APs equal the eager ones within 0.1 and
     the boxes agree, on a model whose masks have learned something (segm AP50 above 1). ONNX only, to keep
     CI short: TorchScript runs the eager kernels and gives the eager masks bit for bit
@@ -209,11 +215,12 @@ def test_a_trained_mask_rcnn_exports_with_the_eager_segm_ap(tmp_path):
     config = "quick_schedules/mask_rcnn_R18_synthetic.yaml"
     out = tmp_path / "run"
     r = run_tool("tools/train_net.py", "--config", config, "--engine", "torchvision", "OUTPUT_DIR", str(out),
-                 "SOLVER.MAX_ITER", "100", "SOLVER.STEPS", "(80,)", "SOLVER.CHECKPOINT_PERIOD", "1000")
+                 *SMALL_MASK_RCNN, "SOLVER.MAX_ITER", "100", "SOLVER.STEPS", "(80,)",
+                 "SOLVER.CHECKPOINT_PERIOD", "1000", "DATASETS.TEST", "()")  # export_model evaluates it below
     assert r.returncode == 0, r.stderr[-3000:]
     pytest.importorskip("onnxruntime", reason="pip install 'resnet_backbones[export]' (CI installs it)")
     diffs, (n_eager, n_exported, pairs, largest) = _export_and_compare(
-        config, out / "model_final.pth", "onnx", tmp_path / "onnx", "--batch-size", "2")
+        config, out / "model_final.pth", "onnx", tmp_path / "onnx", "--batch-size", "2", *SMALL_MASK_RCNN)
     assert set(diffs) == {"bbox", "segm"}, diffs
     assert diffs["segm"]["AP50"][0] > 1.0, diffs  # the eager model's masks are not noise
     for task, metrics in diffs.items():  # an eager NaN: no object of that size in the val set
