@@ -112,6 +112,9 @@ def main(argv=None) -> int:
         if path.endswith(".py"):
             return _run_lazy(path, args, engine)
         cfg = load_config(path, args.opts, use_detectron2=engine == "detectron2", datasets=args.dataset)
+        from .tv.model import resolve_device
+
+        resolve_device(cfg)  # the COCO configs say cuda, as detectron2's: on a CPU, one error naming the fix
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -353,6 +353,19 @@ def test_quick_schedule_trains_and_evaluates_on_detectron2(tmp_path):
     assert final["bbox/AP50"] >= 20.0
 
 
+def test_a_cuda_config_on_a_cpu_is_one_error_naming_the_fix(tmp_path):
+    """detectron2's COCO recipes say MODEL.DEVICE cuda: on a machine without CUDA the detectron2 engine stops
+    with the torchvision engine's one-line error (exit 2), not CUDA's traceback from inside the model."""
+    r = subprocess.run([sys.executable, "tools/train_net.py", "--config", "faster_rcnn_R50.yaml", "--engine",
+                        "detectron2", "OUTPUT_DIR", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+    if torch.cuda.is_available():
+        assert "no CUDA device is available" not in r.stderr
+    else:
+        assert r.returncode == 2 and "no CUDA device is available: add `MODEL.DEVICE cpu`" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr
+
+
 def test_amp_on_cpu_trains_mask_rcnn_with_bf16_autocast(tmp_path, monkeypatch):
     """SOLVER.AMP.ENABLED (the Mask R-CNN quick schedule's) on a CPU: detectron2's AMPTrainer asserts
     CUDA; ours autocasts to bf16 where the CPU has it natively (else trains in FP32)."""

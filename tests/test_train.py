@@ -7,6 +7,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from resnet_backbones.config import ConfigError, load_config
 from resnet_backbones.tv.train import Trainer
@@ -140,6 +141,10 @@ def test_cli_errors_are_clear(tmp_path):
                  "MODEL.DEVICE", "cpu", "OUTPUT_DIR", str(tmp_path), "--eval-only",
                  env={"DETECTRON2_DATASETS": str(tmp_path)})
     assert r.returncode != 0 and "instances_val2017.json does not exist" in r.stderr
+    if not torch.cuda.is_available():  # the COCO configs say MODEL.DEVICE cuda, as detectron2's
+        r = run_tool("tools/train_net.py", "--config", "faster_rcnn_R50.yaml", "--engine", "torchvision",
+                     "OUTPUT_DIR", str(tmp_path))
+        assert r.returncode == 2 and "no CUDA device is available: add `MODEL.DEVICE cpu`" in r.stderr, r.stderr
 
 
 @pytest.mark.slow
