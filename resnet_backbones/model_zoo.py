@@ -5,6 +5,7 @@
     model_zoo.get_config_file("faster_rcnn_R101.yaml")         # its path inside the installed package
     cfg = model_zoo.get_config("mask_rcnn_R50.yaml")           # a CfgNode with our keys, not frozen
     lazy = model_zoo.get_config("new_baselines/mask_rcnn_R152_FPN_100ep_LSJ.py")  # needs detectron2
+    model_zoo.get_checkpoint_url("faster_rcnn_R50.yaml")       # detectron2's COCO-trained checkpoint for it
 
 The yaml configs work on both engines; the ``.py`` files are detectron2 LazyConfigs (``model``,
 ``dataloader``, ``optimizer``, ``lr_multiplier``, ``train``) for detectron2's
@@ -18,7 +19,37 @@ from typing import List
 
 from .config import CONFIGS_DIR, ConfigError, list_config_names, load_config, resolve_config_path
 
-__all__ = ["get_config_file", "get_config", "list_configs", "detectron2_config"]
+__all__ = ["DETECTRON2_CHECKPOINTS", "get_checkpoint_url", "get_config_file", "get_config", "list_configs",
+           "detectron2_config"]
+
+# The 18 COCO yamls that equal a detectron2 model-zoo yaml key for key (the backbone builder's name aside;
+# tests/test_detectron2.py), and the checkpoint detectron2 trained with it: its config's path and the
+# file's "model_id/model_final_<hash>.pkl" (detectron2/model_zoo/model_zoo.py, checked against it by
+# tests/test_detectron2.py). These train on COCO as published in detectron2's MODEL_ZOO.md.
+DETECTRON2_CHECKPOINTS = {
+    "faster_rcnn_R50_C4.yaml": ("COCO-Detection/faster_rcnn_R_50_C4_1x", "137257644/model_final_721ade.pkl"),
+    "faster_rcnn_R50_DC5.yaml": ("COCO-Detection/faster_rcnn_R_50_DC5_1x", "137847829/model_final_51d356.pkl"),
+    "faster_rcnn_R50.yaml": ("COCO-Detection/faster_rcnn_R_50_FPN_1x", "137257794/model_final_b275ba.pkl"),
+    "faster_rcnn_R50_C4_3x.yaml": ("COCO-Detection/faster_rcnn_R_50_C4_3x", "137849393/model_final_f97cb7.pkl"),
+    "faster_rcnn_R50_DC5_3x.yaml": ("COCO-Detection/faster_rcnn_R_50_DC5_3x", "137849425/model_final_68d202.pkl"),
+    "faster_rcnn_R50_3x.yaml": ("COCO-Detection/faster_rcnn_R_50_FPN_3x", "137849458/model_final_280758.pkl"),
+    "faster_rcnn_R101_C4_3x.yaml": ("COCO-Detection/faster_rcnn_R_101_C4_3x", "138204752/model_final_298dad.pkl"),
+    "faster_rcnn_R101_DC5_3x.yaml": ("COCO-Detection/faster_rcnn_R_101_DC5_3x", "138204841/model_final_3e0943.pkl"),
+    "faster_rcnn_R101_3x.yaml": ("COCO-Detection/faster_rcnn_R_101_FPN_3x", "137851257/model_final_f6e8b1.pkl"),
+    "mask_rcnn_R50_C4.yaml": ("COCO-InstanceSegmentation/mask_rcnn_R_50_C4_1x", "137259246/model_final_9243eb.pkl"),
+    "mask_rcnn_R50_DC5.yaml": ("COCO-InstanceSegmentation/mask_rcnn_R_50_DC5_1x", "137260150/model_final_4f86c3.pkl"),
+    "mask_rcnn_R50.yaml": ("COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x", "137260431/model_final_a54504.pkl"),
+    "mask_rcnn_R50_C4_3x.yaml": ("COCO-InstanceSegmentation/mask_rcnn_R_50_C4_3x", "137849525/model_final_4ce675.pkl"),
+    "mask_rcnn_R50_DC5_3x.yaml": ("COCO-InstanceSegmentation/mask_rcnn_R_50_DC5_3x",
+                                  "137849551/model_final_84107b.pkl"),
+    "mask_rcnn_R50_3x.yaml": ("COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x", "137849600/model_final_f10217.pkl"),
+    "mask_rcnn_R101_C4_3x.yaml": ("COCO-InstanceSegmentation/mask_rcnn_R_101_C4_3x",
+                                  "138363239/model_final_a2914c.pkl"),
+    "mask_rcnn_R101_DC5_3x.yaml": ("COCO-InstanceSegmentation/mask_rcnn_R_101_DC5_3x",
+                                   "138363294/model_final_0464b7.pkl"),
+    "mask_rcnn_R101_3x.yaml": ("COCO-InstanceSegmentation/mask_rcnn_R_101_FPN_3x",
+                               "138205316/model_final_a3ec72.pkl"),
+}
 
 
 def list_configs() -> List[str]:
@@ -42,27 +73,49 @@ def get_config_file(name: str) -> str:
     return resolve_config_path(path)
 
 
+def get_checkpoint_url(name: str) -> str:
+    """The COCO-trained checkpoint detectron2 published for the detectron2 yaml that ``name`` equals
+    (``detectron2://COCO-Detection/faster_rcnn_R_50_FPN_1x/137257794/model_final_b275ba.pkl``), for
+    MODEL.WEIGHTS on either engine: downloaded once into ``$RESNET_BACKBONES_CACHE``.
+
+    Raises:
+        ConfigError: ``name`` has no detectron2 checkpoint (the R-101 1x, R-152 and VGG-16 configs, the
+            quick schedules); the message lists those that have one.
+    """
+    key = name if name.endswith((".yaml", ".py")) else name + ".yaml"
+    if key not in DETECTRON2_CHECKPOINTS:
+        raise ConfigError(f"{name}: detectron2 published no COCO-trained checkpoint for this config; those with "
+                          f"one: {', '.join(sorted(DETECTRON2_CHECKPOINTS))}. Train it with "
+                          "resnet-backbones-train-net --config NAME")
+    config, suffix = DETECTRON2_CHECKPOINTS[key]
+    return f"detectron2://{config}/{suffix}"
+
+
 def get_config(name: str, trained: bool = False):
     """A shipped config, loaded: a yacs ``CfgNode`` (detectron2's defaults + our keys when detectron2
     is importable, else our standalone defaults; not frozen) for ``.yaml``, a LazyConfig
     ``DictConfig`` for ``.py`` (needs detectron2).
 
-    ``trained=True`` asks for COCO-trained weights, as ``detectron2.model_zoo.get_config`` does; no
-    trained checkpoint of these configs is published, so it is an error rather than a silent ImageNet
-    initialisation. MODEL.WEIGHTS / ``model.backbone.weights`` hold the ImageNet weights.
+    ``trained=True`` sets MODEL.WEIGHTS to detectron2's COCO-trained checkpoint for the yaml
+    (:func:`get_checkpoint_url`), as ``detectron2.model_zoo.get_config`` does; for a config without one it
+    is an error rather than a silent ImageNet initialisation.
     """
     path = get_config_file(name)
-    if trained:
+    if trained and not path.endswith(".py"):
+        url = get_checkpoint_url(os.path.relpath(path, CONFIGS_DIR))
+    elif trained:
         raise ConfigError(
-            f"{name}: resnet_backbones publishes no COCO-trained checkpoint for its configs; train one "
-            "(resnet-backbones-train-net --config NAME) and set MODEL.WEIGHTS (yaml) or "
-            "train.init_checkpoint (LazyConfig) to its model_final.pth, or use trained=False")
+            f"{name}: no COCO-trained checkpoint is published for our LazyConfigs; train one "
+            "(resnet-backbones-train-net --config NAME) and set train.init_checkpoint to its model_final.pth, "
+            "or use trained=False")
     if path.endswith(".py"):
         from detectron2.config import LazyConfig
 
         return LazyConfig.load(path)
     cfg = load_config(path)
     cfg.defrost()
+    if trained:
+        cfg.MODEL.WEIGHTS = url
     return cfg
 
 

@@ -445,6 +445,19 @@ def _leaves(node, prefix=""):
             yield f"{prefix}{k}", v
 
 
+def test_checkpoint_urls_are_detectron2s_own_for_the_yaml_each_config_equals():
+    """resnet_backbones.model_zoo.get_checkpoint_url(ours) is detectron2.model_zoo.get_checkpoint_url(theirs)
+    for the 18 recipes that equal detectron2's key for key (below), and for no other config."""
+    from detectron2.model_zoo import get_checkpoint_url as theirs_url
+
+    from resnet_backbones import model_zoo
+
+    assert sorted(model_zoo.DETECTRON2_CHECKPOINTS) == sorted(ours for ours, _ in RECIPES)
+    for ours, theirs in RECIPES:
+        expected = theirs_url(theirs).replace("https://dl.fbaipublicfiles.com/detectron2/", "detectron2://")
+        assert model_zoo.get_checkpoint_url(ours) == expected, ours
+
+
 @pytest.mark.parametrize("ours, theirs", RECIPES)
 def test_recipes_equal_detectron2s_model_zoo_yaml_key_for_key(ours, theirs):
     path = os.path.join(os.path.dirname(detectron2.__file__), "model_zoo", "configs", theirs)

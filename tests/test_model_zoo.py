@@ -43,9 +43,19 @@ def test_get_config_yaml_is_ours_and_editable():
     cfg.SOLVER.IMS_PER_BATCH = 8  # not frozen, as detectron2.model_zoo.get_config
 
 
-def test_trained_weights_are_not_invented():
-    with pytest.raises(ConfigError, match="publishes no COCO-trained checkpoint"):
-        model_zoo.get_config("faster_rcnn_R50.yaml", trained=True)
+def test_trained_weights_are_detectron2s_where_it_published_them_and_not_invented():
+    cfg = model_zoo.get_config("faster_rcnn_R50.yaml", trained=True)
+    assert cfg.MODEL.WEIGHTS == ("detectron2://COCO-Detection/faster_rcnn_R_50_FPN_1x/137257794/"
+                                 "model_final_b275ba.pkl")
+    assert model_zoo.get_checkpoint_url("mask_rcnn_R101_C4_3x") == (
+        "detectron2://COCO-InstanceSegmentation/mask_rcnn_R_101_C4_3x/138363239/model_final_a2914c.pkl")
+    # Every entry names a shipped config (detectron2's own table is compared in tests/test_detectron2.py).
+    assert set(model_zoo.DETECTRON2_CHECKPOINTS) <= set(model_zoo.list_configs())
+    assert len(model_zoo.DETECTRON2_CHECKPOINTS) == 18
+    for name in ("faster_rcnn_R101.yaml", "mask_rcnn_R152_3x.yaml", "faster_rcnn_VGG16.yaml",
+                 "quick_schedules/faster_rcnn_R18_synthetic.yaml"):
+        with pytest.raises(ConfigError, match="detectron2 published no COCO-trained checkpoint for this config"):
+            model_zoo.get_config(name, trained=True)
 
 
 def test_load_config_refuses_a_lazy_config_by_name():
