@@ -24,6 +24,7 @@ import sys
 from .checkpoints import last_checkpoint
 from .config import load_config, resolve_config_path
 from .d2 import detectron2_available
+from .data import check_dataset_files
 from .data.loader_errors import original_message
 from .errors import ConfigError, DatasetError, ResultsVerificationError, TrainingInterrupted, WeightsError
 from .hints import random_frozen_bn_warning
@@ -115,7 +116,9 @@ def main(argv=None) -> int:
         from .tv.model import resolve_device
 
         resolve_device(cfg)  # the COCO configs say cuda, as detectron2's: on a CPU, one error naming the fix
-    except ConfigError as e:
+        # Here, before --num-gpus starts its processes: a missing dataset is one error, not one per process.
+        check_dataset_files([*(() if args.eval_only else cfg.DATASETS.TRAIN), *cfg.DATASETS.TEST], cfg)
+    except (ConfigError, DatasetError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"engine: {engine}; config: {path}", flush=True)

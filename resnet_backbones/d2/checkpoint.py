@@ -3,6 +3,7 @@ import logging
 
 from detectron2.checkpoint import DetectionCheckpointer
 
+from ..weights.catalog import fetch_source
 from ..weights.conventions import known_conventions
 from ..weights.resolve import check_cfg_conventions, resolve_model_weights
 
@@ -37,6 +38,11 @@ class ResnetBackbonesCheckpointer(DetectionCheckpointer):
             if incompatible is not None:
                 self._log_incompatible_keys(incompatible)
             return {}
+        if path and path.startswith(("detectron2://", "https://", "http://")):
+            # Downloaded by our catalog, as on the torchvision engine: once, into $RESNET_BACKBONES_CACHE, and
+            # without network access one error naming where to put the file (detectron2's PathManager would
+            # use its own cache and end in a traceback).
+            path = fetch_source(path).path
         return super().load(path, *args, **kwargs)
 
     def _load_file(self, filename):

@@ -23,7 +23,7 @@ from ..inference import inference_runner
 from .amp import amp_trainer
 from .backbone import plain_res5_head, register_backbones, zero_init_res5_head
 from .checkpoint import ResnetBackbonesCheckpointer
-from .datasets import CountSkipped, ReadCheckedMapper, register_datasets
+from .datasets import CountSkipped, ReadCheckedMapper, register_dataset_names, register_datasets
 from .hooks import DivergenceHook, SignalCheckpointHook
 
 __all__ = ["Trainer", "launch_detectron2", "register_datasets"]
@@ -149,7 +149,10 @@ def _main(cfg, config_path: str, eval_only: bool, resume: bool):
     if not eval_only:
         torch.backends.cudnn.benchmark = cfg.CUDNN_BENCHMARK
     register_backbones()
-    register_datasets(cfg)
+    if eval_only:  # the test sets only: --eval-only needs no training set (a model-zoo checkpoint without COCO train)
+        register_dataset_names(list(cfg.DATASETS.TEST), cfg)
+    else:
+        register_datasets(cfg)
     if eval_only:
         model = Trainer.build_model(cfg)
         ResnetBackbonesCheckpointer(model, cfg.OUTPUT_DIR, cfg=cfg).resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)

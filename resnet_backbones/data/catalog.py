@@ -15,7 +15,7 @@ from ..errors import ConfigError, DatasetError
 from .synthetic import ensure_synthetic
 from .validate import check_images, validate_coco
 
-__all__ = ["DatasetSpec", "check_dataset", "resolve_dataset", "register_coco_instances", "get_dataset", "registered_datasets",
+__all__ = ["DatasetSpec", "check_dataset", "check_dataset_files", "resolve_dataset", "register_coco_instances", "get_dataset", "registered_datasets",
            "config_datasets", "normalize_config_datasets", "check_num_classes"]
 
 DATASETS_KEY = "MODEL.RESNET_BACKBONES.DATASETS"
@@ -169,6 +169,36 @@ def resolve_dataset(name: str, cfg=None) -> DatasetSpec:
     return own[name] if name in own else _REGISTRY[name](cfg)
 
 
+def _check_files(name: str, spec: DatasetSpec) -> None:
+    missing: Optional[str] = None
+    if not os.path.isfile(spec.json_file):
+        missing = spec.json_file
+    elif not os.path.isdir(spec.image_root):
+        missing = spec.image_root
+    if missing:
+        hint = (
+            f"put COCO 2017 under {os.path.abspath(_datasets_root())}/coco/ (train2017/, val2017/, annotations/) "
+            "or set $DETECTRON2_DATASETS to the folder that holds coco/"
+            if name in _COCO else f"check the paths given for it ({DATASETS_KEY}, --dataset or register_coco_instances)"
+        )
+        raise DatasetError(f"dataset {name!r}: {os.path.abspath(missing)} does not exist; {hint}")
+
+
+def check_dataset_files(names: Sequence[str], cfg=None) -> None:
+    """Each named COCO or own dataset's json file and image folder exist (the generated ones are made on first
+    use and skipped). What ``train_net`` checks before it starts several processes, so that a missing dataset
+    is one error in the launching process rather than a traceback from each process it started.
+
+    Raises:
+        DatasetError: an unknown name, or a missing file (the message names it and the fix).
+    """
+    own = config_datasets(cfg)
+    for name in names:
+        spec = resolve_dataset(name, cfg)
+        if name in own or name in _COCO:
+            _check_files(name, spec)
+
+
 def get_dataset(name: str, cfg=None) -> DatasetSpec:
     """Resolve a name (``cfg``'s MODEL.RESNET_BACKBONES.DATASETS first, then the registered ones) to its
     files, generating the synthetic data on first use, and check them
@@ -183,19 +213,7 @@ def get_dataset(name: str, cfg=None) -> DatasetSpec:
             ConfigError: NUM_CLASSES differs from the json's category count.
     """
     spec = resolve_dataset(name, cfg)
-    missing: Optional[str] = None
-    if not os.path.isfile(spec.json_file):
-        missing = spec.json_file
-    elif not os.path.isdir(spec.image_root):
-        missing = spec.image_root
-    if missing:
-        hint = (
-            f"put COCO 2017 under {os.path.abspath(_datasets_root())}/coco/ (train2017/, val2017/, annotations/) "
-            "or set $DETECTRON2_DATASETS to the folder that holds coco/"
-            if name in _COCO else f"check the paths given for it ({DATASETS_KEY}, --dataset or register_coco_instances)"
-        )
-        raise DatasetError(f"dataset {name!r}: {os.path.abspath(missing)} does not exist; {hint}")
-
+    _check_files(name, spec)
     report = validate_coco(spec.json_file, spec.image_root, name)
     if cfg is not None:
         check_num_classes(cfg, name, spec, report.num_categories)
