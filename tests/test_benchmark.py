@@ -25,20 +25,34 @@ def test_cpu_info_names_the_instruction_sets(monkeypatch):
 
 def test_the_tool_prints_and_records_the_cpu(tmp_path):
     out = tmp_path / "bench.json"
+    import importlib.util
+
+    reference = "d2" if importlib.util.find_spec("detectron2") else "torchvision"  # the tool's choice
     proc = subprocess.run(
         [sys.executable, os.path.join(ROOT, "tools", "benchmark.py"), "--depths", "18", "--modes", "inference", "train",
-         "--variants", "ours", "--size", "64", "96", "--repeats", "1", "--warmup", "0", "--device", "cpu",
+         "--variants", "ours", reference, "--size", "64", "96", "--repeats", "2", "--warmup", "0", "--device", "cpu",
          "--json", str(out), "--record", str(tmp_path / "results.md")], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "CPU: " in proc.stdout and "ISA: " in proc.stdout
     record = json.loads(out.read_text())
     assert record["cpu"]["isa"] == cpu_info()["isa"]
     rows = {(r["mode"], r["variant"]): r for r in record["runs"]}
-    assert set(rows) == {("inference", "ours"), ("train", "ours")}
+    assert set(rows) == {(m, v) for m in ("inference", "train") for v in ("ours", reference)}
     for r in rows.values():
         assert "error" not in r, r
-        assert r["median_s"] > 0 and r["gflop"] > 0 and len(r["times"]) == 1
+        assert r["median_s"] > 0 and r["gflop"] > 0 and len(r["times"]) == 2
     assert rows[("train", "ours")]["saved_mb"] > 0
+    # Each row's median, spread and the ratio's range over every pairing of runs, around the median ratio.
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    for line in lines[1:]:
+        cells = dict(zip(header, (c.strip() for c in line.strip("|").split("|"))))
+        r = rows[(cells["mode"], cells["variant"])]
+        ref = rows[(cells["mode"], reference)]["times"]
+        assert cells["min–max s"] == f"{min(r['times']):.3f}–{max(r['times']):.3f}"
+        assert cells["ratio range"] == f"{min(ref) / max(r['times']):.2f}–{max(ref) / min(r['times']):.2f}"
+        low, high = (float(x) for x in cells["ratio range"].split("–"))
+        assert low <= float(cells["ratio"]) <= high
     # --record: the run's own output under a heading naming date, commit, CPU kind and command.
     from resnet_backbones.benchmark import cpu_kind
 
@@ -46,7 +60,7 @@ def test_the_tool_prints_and_records_the_cpu(tmp_path):
     heading = [line for line in results.splitlines() if line.startswith("## ") and "· commit " in line]
     assert len(heading) == 1 and f"· {cpu_kind(cpu_info())}" in heading[0] and "UTC" in heading[0]
     rows_printed = [line for line in proc.stdout.splitlines() if line.startswith(("| inference", "| train"))]
-    assert "--depths 18" in results and len(rows_printed) == 2 and all(r in results for r in rows_printed)
+    assert "--depths 18" in results and len(rows_printed) == 4 and all(r in results for r in rows_printed)
 
 
 def test_profile_attributes_the_step_to_the_detector_parts():

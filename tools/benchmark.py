@@ -52,6 +52,8 @@ train mode "saved for backward" counts the tensors autograd keeps after the forw
 activation memory; deterministic). The ratio column is the reference's
 median time over the variant's (>1 = faster): detectron2's FP32 backbone when importable, else
 torchvision's; for the detector mode the detectron2 engine's FP32 step (else the torchvision engine's).
+Beside the median, each row prints its runs' spread (fastest–slowest) and the ratio's range over every
+pairing of the reference's runs with the row's: a range that holds 1.00 is no difference measured.
 """
 import argparse
 import contextlib
@@ -217,14 +219,15 @@ def _run(args) -> int:
           + (f", {half_name} {peak16:.0f} GFLOP/s" if peak16 else f", {half_name} not measured (emulated)"))
     print(f"architecture of every backbone row: ResNet-FPN, FrozenBN, FREEZE_AT 2, stride in the "
           f"{'1x1 (MSRA)' if args.stride_in_1x1 else '3x3 (torchvision)'}; detector rows: {args.detector_config}")
-    print(f"ratio = reference median / row median (>1: faster); reference: {reference} (backbone), "
-          f"{det_reference} (detector)\n")
+    print(f"ratio = reference median / row median (>1: faster); ratio range: the reference's fastest and slowest "
+          f"runs over this row's slowest and fastest (holding 1.00: no difference measured); reference: "
+          f"{reference} (backbone), {det_reference} (detector)\n")
     records = []
     for depth in args.depths:
         print(f"## R{depth}-FPN\n")
-        print("| mode | variant | builder | dtype | memory format | compiled | GFLOP (fwd) | median s | ratio "
-              "| GFLOP/s | % of matmul peak | peak memory MB | saved for backward MB |")
-        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        print("| mode | variant | builder | dtype | memory format | compiled | GFLOP (fwd) | median s | min–max s "
+              "| ratio | ratio range | GFLOP/s | % of matmul peak | peak memory MB | saved for backward MB |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for mode in args.modes:
             names = detector_variants if mode == "detector" else eval_variants if mode == "detector-eval" else \
                 [v for v in variants if mode in VARIANTS[v][0].split()]
@@ -236,7 +239,8 @@ def _run(args) -> int:
                 results[v] = run_isolated(v, mode, depth, tuple(args.size), args.batch, args.device, args.repeats,
                                           args.warmup, args.threads, args.stride_in_1x1, args.detector_config,
                                           profile=args.profile)
-            ref = results.get(det_reference if mode.startswith("detector") else reference, {}).get("median_s")
+            ref_run = results.get(det_reference if mode.startswith("detector") else reference, {})
+            ref, ref_times = ref_run.get("median_s"), ref_run.get("times")
             for v, r in results.items():
                 if mode == "detector-eval" and "error" not in r:
                     r["gflop"] = eval_gflop
@@ -246,9 +250,15 @@ def _run(args) -> int:
                 builder, dtype, fmt, compiled = describe(v, mode, device, native_bf16)
                 if "error" in r:
                     print(f"| {mode} | {v} | {builder} | {dtype} | {fmt} | {compiled} | error: {r['error']} "
-                          "| | | | | | |")
+                          "| | | | | | | | |")
                     continue
                 ratio = f"{ref / r['median_s']:.2f}" if ref else "n/a"
+                times = r["times"]
+                spread = f"{min(times):.3f}–{max(times):.3f}"
+                # Every pairing of the reference's runs with this row's: a range that holds 1.00 is no
+                # difference measured (the README quotes only ratios whose range does not).
+                ratio_range = (f"{min(ref_times) / max(times):.2f}–{max(ref_times) / min(times):.2f}"
+                               if ref_times else "n/a")
                 gflop = r["gflop"]
                 if mode == "detector-eval":
                     # The detector's arithmetic against the matmul peak: how far any variant could still go.
@@ -268,7 +278,7 @@ def _run(args) -> int:
                     share = f"{100 * rate / peak:.0f}%" if peak else ""
                     gflop_s = f"{gflop:.1f}"
                 print(f"| {mode} | {v} | {builder} | {dtype} | {fmt} | {compiled} | {gflop_s} | "
-                      f"{r['median_s']:.3f} | {ratio} | {rate_s} | {share} | {r['peak_mb']:.0f} | "
+                      f"{r['median_s']:.3f} | {spread} | {ratio} | {ratio_range} | {rate_s} | {share} | {r['peak_mb']:.0f} | "
                       f"{'' if r['saved_mb'] != r['saved_mb'] else round(r['saved_mb'])} |", flush=True)
         print()
         _print_profiles([r for r in records if r["depth"] == depth and "profile" in r])
