@@ -39,3 +39,48 @@ def test_main_job_table_gives_ranges_per_cpu_kind_engine_and_precision(tmp_path)
     tool.update_readme(records, str(readme))
     assert tool.readme_block(str(readme)) == tool.render_table(records)
     assert readme.read_text().startswith("intro\n") and readme.read_text().endswith("\nrest\n")
+
+
+FIGURES = "<!-- figures: "
+
+
+def _numbers(text: str):
+    """Every number written in ``text`` outside code spans (config names, keys, commands), as written."""
+    import re
+
+    text = re.sub(r"`[^`]*`", " ", text)
+    return re.findall(r"(?<![\w.])\d+(?:[.,]\d+)*(?![\w])", text)
+
+
+def _roundings(text: str):
+    """Every number in a record, as written and rounded to 0, 1 and 2 decimals (a README may round)."""
+    out = set()
+    for n in _numbers(text):
+        out.add(n)
+        try:
+            value = float(n.replace(",", ""))
+        except ValueError:
+            continue
+        for digits in (0, 1, 2):
+            out.add(f"{value:.{digits}f}")
+            out.add(f"{value:,.{digits}f}")
+    return out
+
+
+def test_readme_figures_are_in_the_records_they_cite():
+    """Each README paragraph or table after a ``<!-- figures: FILE -->`` line (up to the next blank line) takes
+    its measured figures from FILE, a record a tool writes or the notes beside the configs: every number in
+    it (outside code) must appear in FILE, as written or rounded. A figure typed from memory, or left behind
+    when the record changed, fails here."""
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    blocks = readme.split(FIGURES)[1:]
+    assert len(blocks) >= 4, "README.md lost its <!-- figures: FILE --> markers"
+    missing = []
+    for block in blocks:
+        source, rest = block.split(" -->", 1)
+        paragraph = rest.lstrip("\n").split("\n\n", 1)[0]
+        with open(os.path.join(ROOT, source)) as f:
+            known = _roundings(f.read())
+        missing += [(source, n) for n in _numbers(paragraph) if n not in known]
+    assert not missing, f"README figures in no record they cite: {missing}"
