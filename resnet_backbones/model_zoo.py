@@ -25,7 +25,7 @@ __all__ = ["DETECTRON2_CHECKPOINTS", "get_checkpoint_url", "get_config_file", "g
 # The 18 COCO yamls that equal a detectron2 model-zoo yaml key for key (the backbone builder's name aside;
 # tests/test_detectron2.py), and the checkpoint detectron2 trained with it: its config's path and the
 # file's "model_id/model_final_<hash>.pkl" (detectron2/model_zoo/model_zoo.py, checked against it by
-# tests/test_detectron2.py). These train on COCO as published in detectron2's MODEL_ZOO.md.
+# tests/test_detectron2.py); their COCO APs are those of detectron2's MODEL_ZOO.md (README, "Model zoo").
 DETECTRON2_CHECKPOINTS = {
     "faster_rcnn_R50_C4.yaml": ("COCO-Detection/faster_rcnn_R_50_C4_1x", "137257644/model_final_721ade.pkl"),
     "faster_rcnn_R50_DC5.yaml": ("COCO-Detection/faster_rcnn_R_50_DC5_1x", "137847829/model_final_51d356.pkl"),
@@ -102,7 +102,7 @@ def get_config(name: str, trained: bool = False):
     """
     path = get_config_file(name)
     if trained and not path.endswith(".py"):
-        url = get_checkpoint_url(os.path.relpath(path, CONFIGS_DIR))
+        url = get_checkpoint_url(name)
     elif trained:
         raise ConfigError(
             f"{name}: no COCO-trained checkpoint is published for our LazyConfigs; train one "

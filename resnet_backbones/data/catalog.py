@@ -15,8 +15,8 @@ from ..errors import ConfigError, DatasetError
 from .synthetic import ensure_synthetic
 from .validate import check_images, validate_coco
 
-__all__ = ["DatasetSpec", "check_dataset", "check_dataset_files", "resolve_dataset", "register_coco_instances", "get_dataset", "registered_datasets",
-           "config_datasets", "normalize_config_datasets", "check_num_classes"]
+__all__ = ["DatasetSpec", "check_dataset", "check_dataset_files", "resolve_dataset", "register_coco_instances",
+           "get_dataset", "registered_datasets", "config_datasets", "normalize_config_datasets", "check_num_classes"]
 
 DATASETS_KEY = "MODEL.RESNET_BACKBONES.DATASETS"
 
