@@ -151,15 +151,13 @@ def _main(cfg, config_path: str, eval_only: bool, resume: bool):
     register_backbones()
     if eval_only:  # the test sets only: --eval-only needs no training set (a model-zoo checkpoint without COCO train)
         register_dataset_names(list(cfg.DATASETS.TEST), cfg)
-    else:
-        register_datasets(cfg)
-    if eval_only:
         model = Trainer.build_model(cfg)
         ResnetBackbonesCheckpointer(model, cfg.OUTPUT_DIR, cfg=cfg).resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
         results = Trainer.test(cfg, model)
         if comm.is_main_process():  # TEST.EXPECTED_RESULTS, as detectron2's train_net (exit 1 on a mismatch)
             verify_results(cfg, results)
         return results
+    register_datasets(cfg)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=resume)
     return trainer.train()  # DefaultTrainer.train verifies TEST.EXPECTED_RESULTS itself
