@@ -1,5 +1,5 @@
-"""Export a trained detector to TorchScript or ONNX, and run the exported file with the eager model's own
-pre- and post-processing.
+"""Export a trained detector to TorchScript or ONNX (FP32, or int8 quantized with calibration), and run the
+exported file with the eager model's own pre- and post-processing.
 
 What is exported (:class:`DetectorGraph`): a batch of N images in, their detections out, for any image
 size; N is fixed when exporting (``batch_size``, 1 by default), as in detectron2's and torchvision's traced
@@ -32,6 +32,7 @@ import inspect
 import json
 import logging
 import os
+import tempfile
 import warnings
 from typing import Dict, List, Optional, Tuple
 
@@ -44,7 +45,8 @@ __all__ = ["FORMATS", "DetectorGraph", "ExportedDetector", "export_detector"]
 
 logger = logging.getLogger("resnet_backbones")
 
-FORMATS = {"torchscript": "model.ts", "onnx": "model.onnx"}
+FORMATS = {"torchscript": "model.ts", "onnx": "model.onnx", "onnx-int8": "model_int8.onnx"}
+PRECISION = {"torchscript": "fp32", "onnx": "fp32", "onnx-int8": "int8"}
 ONNX_OPSET = 17  # RoiAlign with aligned=True needs 16
 
 
@@ -92,17 +94,25 @@ def _example(size_divisibility: int, batch_size: int) -> Tuple[torch.Tensor, tor
 
 
 def export_detector(cfg, model: nn.Module, output_dir: str, fmt: str, class_names: Optional[List[str]] = None,
-                    batch_size: int = 1) -> str:
+                    batch_size: int = 1, calibration_images: Optional[List[torch.Tensor]] = None,
+                    calibration_source: Optional[str] = None) -> str:
     """Write ``model`` (a torchvision-engine detector with its weights loaded; left as it is: a copy is
-    exported) to ``output_dir`` as ``fmt`` ("torchscript" or "onnx"), taking ``batch_size`` images per
-    run, with the ``config.yaml`` its wrapper rebuilds the pre- and post-processing from and an
-    ``export.json`` naming the format, the batch size, the outputs and ``class_names`` (of classes
-    1..NUM_CLASSES). ``cfg`` is the torchvision engine's (``resnet_backbones.config.load_config(...,
-    use_detectron2=False)``), whose dump the wrapper reads back. Returns the model path."""
+    exported) to ``output_dir`` as ``fmt`` ("torchscript", "onnx" or "onnx-int8"), taking ``batch_size``
+    images per run, with the ``config.yaml`` its wrapper rebuilds the pre- and post-processing from and an
+    ``export.json`` naming the format, its precision, the batch size, the outputs and ``class_names`` (of
+    classes 1..NUM_CLASSES). ``cfg`` is the torchvision engine's (``resnet_backbones.config.load_config(...,
+    use_detectron2=False)``), whose dump the wrapper reads back. Returns the model path.
+
+    "onnx-int8" is the ONNX graph statically quantized by onnxruntime (:func:`_quantize_int8`), calibrated
+    on ``calibration_images`` ((3, H, W) 0-255 images, as the wrapper takes them; ``calibration_source``
+    says where they came from, for export.json)."""
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt!r}: one of {sorted(FORMATS)}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"--batch-size {batch_size!r}: a whole number of images, 1 or more")
+    if fmt == "onnx-int8" and not calibration_images:
+        raise ConfigError("--format onnx-int8 needs calibration images: --calibrate N (the first N images of "
+                          "DATASETS.TRAIN; 64 were measured on the main job, README \"Export and deploy\")")
     from .inference import inference_model
 
     os.makedirs(output_dir, exist_ok=True)
@@ -127,26 +137,80 @@ def export_detector(cfg, model: nn.Module, output_dir: str, fmt: str, class_name
             # The TorchScript-based exporter (torch >= 2.5 defaults to the torch.export one, which cannot
             # take the per-image data-dependent shapes of detection).
             legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
-            torch.onnx.export(graph, example, path, opset_version=ONNX_OPSET, input_names=["images", "image_sizes"],
-                              output_names=names, **legacy,
-                              dynamic_axes={"images": {2: "height", 3: "width"},
-                                            **{n: {0: "detections"} for n in names if n != "counts"}})
+            with tempfile.TemporaryDirectory() as tmp:
+                onnx_path = path if fmt == "onnx" else os.path.join(tmp, "model_fp32.onnx")
+                torch.onnx.export(graph, example, onnx_path, opset_version=ONNX_OPSET,
+                                  input_names=["images", "image_sizes"], output_names=names, **legacy,
+                                  dynamic_axes={"images": {2: "height", 3: "width"},
+                                                **{n: {0: "detections"} for n in names if n != "counts"}})
+                if fmt == "onnx-int8":
+                    calibration = _quantize_int8(onnx_path, path, model.transform, calibration_images, batch_size)
+                    calibration["source"] = calibration_source
     with open(os.path.join(output_dir, "config.yaml"), "w") as f:
         f.write(cfg.dump())
     with open(os.path.join(output_dir, "export.json"), "w") as f:
-        json.dump({"format": fmt, "file": FORMATS[fmt], "batch_size": batch_size, "inputs": ["images", "image_sizes"],
-                   "outputs": names,
+        json.dump({"format": fmt, "file": FORMATS[fmt], "precision": PRECISION[fmt], "batch_size": batch_size,
+                   "inputs": ["images", "image_sizes"], "outputs": names,
                    "size_divisibility": model.backbone.size_divisibility, "class_names": class_names,
-                   "onnx_opset": ONNX_OPSET if fmt == "onnx" else None}, f, indent=1)
+                   "onnx_opset": ONNX_OPSET if fmt.startswith("onnx") else None,
+                   "calibration": calibration if fmt == "onnx-int8" else None}, f, indent=1)
     logger.info("exported %s to %s", fmt, path)
     return path
+
+
+_FP32_LAYERS = ("/cls_logits", "/bbox_pred", "/cls_score", "/mask_fcn_logits")
+
+
+def _quantize_int8(fp32_path: str, path: str, transform, images: List[torch.Tensor], batch_size: int) -> dict:
+    """onnxruntime's static quantization of the exported FP32 graph (``quantize_static``): QDQ format, the
+    convolutions and fully connected layers in int8 (weights signed, per output channel; activations
+    unsigned, per tensor, their ranges the min-max over the calibration batches), everything else (RoIAlign,
+    NMS, the box decoding) left in FP32. The calibration batches are the images through the eager model's
+    own transform (resize, normalisation, padding), ``batch_size`` at a time as the graph takes them.
+    Returns what export.json records of it."""
+    try:
+        from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                              quantize_static)
+    except ImportError as e:
+        raise ConfigError("an int8 export needs onnxruntime: pip install 'resnet_backbones[export]'") from e
+    feeds = []
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            group = list(images[start:start + batch_size])
+            group += [group[-1]] * (batch_size - len(group))
+            batch, _ = transform(group)
+            feeds.append({"images": batch.tensors.numpy(),
+                          "image_sizes": torch.tensor(batch.image_sizes, dtype=torch.int64).numpy()})
+
+    class _Batches(CalibrationDataReader):
+        def __init__(self):
+            self._feeds = iter(feeds)
+
+        def get_next(self):
+            return next(self._feeds, None)
+
+    import onnx
+
+    # The predictors (the RPN's objectness and deltas, the box head's class scores and deltas, the mask
+    # logits) stay FP32: a few small layers whose int8 rounding moves scores and boxes directly.
+    keep = [node.name for node in onnx.load(fp32_path).graph.node
+            if node.op_type in ("Conv", "Gemm", "MatMul") and any(p in node.name for p in _FP32_LAYERS)]
+    settings = {"quant_format": "QDQ", "op_types": ["Conv", "MatMul", "Gemm"], "weights": "int8, per channel",
+                "activations": "uint8, per tensor", "method": "MinMax", "images": len(images),
+                "fp32_layers": len(keep)}
+    logger.info("quantizing to int8, calibrated on %d images", len(images))
+    quantize_static(fp32_path, path, _Batches(), quant_format=QuantFormat.QDQ,
+                    op_types_to_quantize=settings["op_types"], activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8, per_channel=True, calibrate_method=CalibrationMethod.MinMax,
+                    nodes_to_exclude=keep)
+    return settings
 
 
 class ExportedDetector(nn.Module):
     """An exported detector with the eager model's pre- and post-processing: called on a list of (3, H, W)
     0-255 images in INPUT.FORMAT order, it returns what the eager model returns in eval mode (one dict
     per image: ``boxes`` in the image's pixels, ``scores``, ``labels``, ``masks`` pasted, (K, 1, H, W)
-    bool). TorchScript runs in torch, ONNX in onnxruntime (CPU)."""
+    bool). TorchScript runs in torch, ONNX (FP32 or int8) in onnxruntime (CPU)."""
 
     def __init__(self, export_dir: str):
         super().__init__()

@@ -216,3 +216,38 @@ def test_predictor_serves_an_export_and_bad_folders_are_refused(images, tmp_path
     with pytest.raises(RuntimeError, match="cannot train"):
         ExportedDetector(str(tmp_path)).train()
 
+
+def test_an_int8_export_is_quantized_served_and_records_its_calibration(images, tmp_path):
+    """``onnx-int8``: the ONNX graph with onnxruntime's QDQ int8 convolutions and fully connected layers (the
+    predictors kept FP32), run by the same wrapper and the Predictor, its precision and calibration in
+    export.json. Its COCO AP against the eager model is checked on the trained main job (tests/test_train.py):
+    random weights give no AP to compare. The tool's --calibrate errors name the fix."""
+    import onnx
+
+    cfg, model = _model("fpn")
+    with pytest.raises(ConfigError, match="--calibrate N"):
+        export_detector(cfg, model, str(tmp_path), "onnx-int8")
+    export_detector(cfg, model, str(tmp_path), "onnx-int8", class_names=["a", "b", "c"],
+                    calibration_images=images[:2], calibration_source="two test images")
+    meta = json.load(open(tmp_path / "export.json"))
+    assert (meta["format"], meta["file"], meta["precision"]) == ("onnx-int8", "model_int8.onnx", "int8")
+    assert meta["calibration"]["images"] == 2 and meta["calibration"]["source"] == "two test images"
+    nodes = onnx.load(str(tmp_path / "model_int8.onnx")).graph.node
+    quantized = {n.output[0] for n in nodes if n.op_type == "DequantizeLinear"}  # a weight read through one
+    convs = [n for n in nodes if n.op_type in ("Conv", "Gemm")]
+    int8 = [n.name for n in convs if n.input[1] in quantized]
+    fp32 = [n.name for n in convs if n.input[1] not in quantized]
+    assert len(int8) > 20 and all("/cls_logits" in n or "/bbox_pred" in n or "/cls_score" in n
+                                  or "/mask_fcn_logits" in n for n in fp32), fp32
+    outs = ExportedDetector(str(tmp_path))(images)
+    assert [len(o["scores"]) for o in outs] == [100] * len(images)
+    assert all(o["masks"].shape[-2:] == image.shape[-2:] for o, image in zip(outs, images))
+    assert len(Predictor.from_export(str(tmp_path))(images[0].permute(1, 2, 0).numpy())) == 100
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
+    from export_model import calibration_images
+
+    with pytest.raises(ConfigError, match="needs --calibrate N"):
+        calibration_images(cfg, "onnx-int8", None)
+    with pytest.raises(ConfigError, match="drop it"):
+        calibration_images(cfg, "onnx", 8)

@@ -1,12 +1,14 @@
 #!/usr/bin/env python
-"""Export a trained detector to TorchScript or ONNX, optionally checked by COCO AP against the eager model.
+"""Export a trained detector to TorchScript or ONNX (FP32 or int8), optionally checked by COCO AP against the eager model.
 
     python tools/export_model.py --config quick_schedules/faster_rcnn_R18_synthetic.yaml \
         --format onnx --output export/ MODEL.WEIGHTS output/faster_rcnn_R18_synthetic/model_final.pth \
         --eval synthetic_shapes_val
 
-MODEL.WEIGHTS is a checkpoint of either engine. The output folder holds the model (model.ts or
-model.onnx), the config.yaml its wrapper reads and export.json; run it with
+MODEL.WEIGHTS is a checkpoint of either engine. ``--format onnx-int8 --calibrate N`` writes the ONNX graph
+statically quantized to int8 by onnxruntime, its activation ranges calibrated on the first N images of
+DATASETS.TRAIN. The output folder holds the model (model.ts, model.onnx or model_int8.onnx), the
+config.yaml its wrapper reads and export.json (format, precision, calibration); run it with
 ``resnet_backbones.Predictor.from_export(folder)`` or ``resnet_backbones.export.ExportedDetector(folder)``
 (the module docstring of resnet_backbones.export says what is inside the graph and what is not).
 ``--eval DATASET`` runs the exported model (TorchScript in torch, ONNX in onnxruntime) and the eager one
@@ -82,6 +84,27 @@ def format_comparison(stats, fmt: str) -> str:
     return "\n".join(lines)
 
 
+def calibration_images(cfg, fmt: str, n):
+    """The first ``n`` images of DATASETS.TRAIN[0] (as the exported wrapper takes them) for an int8 export, and
+    where they came from; (None, None) for the FP32 formats, which take no --calibrate."""
+    if fmt != "onnx-int8":
+        if n is not None:
+            raise ConfigError(f"--calibrate is for --format onnx-int8 (the {fmt} export is FP32): drop it")
+        return None, None
+    if n is None or n < 1:
+        raise ConfigError("--format onnx-int8 needs --calibrate N, N >= 1: the number of DATASETS.TRAIN images "
+                          "to calibrate the int8 ranges on (64 were measured on the main job)")
+    if not cfg.DATASETS.TRAIN:
+        raise ConfigError("--calibrate reads DATASETS.TRAIN, which is empty: set DATASETS.TRAIN '(\"NAME\",)'")
+    from resnet_backbones.data import COCOInstances, get_dataset
+
+    name = cfg.DATASETS.TRAIN[0]
+    dataset = COCOInstances(get_dataset(name, cfg), input_format=cfg.INPUT.FORMAT, with_masks=False)
+    if n > len(dataset):
+        raise ConfigError(f"--calibrate {n}: {name} has only {len(dataset)} images")
+    return [dataset[i][0] for i in range(n)], f"the first {n} images of {name}"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", "--config-file", dest="config", required=True)
@@ -90,6 +113,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=1,
                    help="images per run of the graph (fixed at export; the wrapper fills a last, shorter batch)")
     p.add_argument("--eval", metavar="DATASET", help="also evaluate the exported and the eager model on DATASET")
+    p.add_argument("--calibrate", type=int, metavar="N",
+                   help="onnx-int8: calibrate the int8 ranges on the first N images of DATASETS.TRAIN (e.g. 64)")
     add_dataset_argument(p)
     p.add_argument("opts", nargs="*", help="KEY VALUE overrides (MODEL.WEIGHTS ...)")
     args = p.parse_intermixed_args(argv)
@@ -102,8 +127,9 @@ def main(argv=None) -> int:
         if load_model_weights(model, cfg) != "detector":
             raise ConfigError(f"MODEL.WEIGHTS={cfg.MODEL.WEIGHTS!r} is not a trained detector checkpoint: pass one "
                               "(e.g. OUTPUT_DIR/model_final.pth of a training run)")
+        images, source = calibration_images(cfg, args.format, args.calibrate)
         path = export_detector(cfg, model, args.output, args.format, class_names=dataset_class_names(cfg),
-                               batch_size=args.batch_size)
+                               batch_size=args.batch_size, calibration_images=images, calibration_source=source)
         print(f"exported {args.format} (batch size {args.batch_size}): {path}")
         if args.eval:
             from resnet_backbones.inference import inference_model
