@@ -328,8 +328,8 @@ def test_detectron2_training_checkpoint_round_trips(tmp_path):
 
 @pytest.mark.slow
 def test_quick_schedule_trains_and_evaluates_on_detectron2(tmp_path):
-    """The main job's recipe on the detectron2 engine, its first 150 iterations (warm-up, the full LR, then the
-    step at 120; half the schedule, to keep CI short), evaluated by COCOEvaluator. The whole schedule's AP bound
+    """The main job's recipe on the detectron2 engine, its first 100 iterations (warm-up, the full LR, then the
+    step at 80; a third of the schedule, to keep CI short), evaluated by COCOEvaluator. The whole schedule's AP bound
     is checked on the torchvision engine (tests/test_train.py); that the two engines train in lockstep from
     the same weights is tests/test_lockstep_training.py; this test adds detectron2's own initialisation, loader
     and evaluator over a run long enough to learn. The detectron2 engine's AP after all 300 iterations is in
@@ -338,19 +338,18 @@ def test_quick_schedule_trains_and_evaluates_on_detectron2(tmp_path):
     out = tmp_path / "out"
     r = subprocess.run([sys.executable, "tools/train_net.py", "--config",
                         "quick_schedules/faster_rcnn_R18_synthetic.yaml", "--engine", "detectron2",
-                        "OUTPUT_DIR", str(out), "SOLVER.CHECKPOINT_PERIOD", "1000", "SOLVER.MAX_ITER", "150",
-                        "SOLVER.STEPS", "(120,)"],
+                        "OUTPUT_DIR", str(out), "SOLVER.CHECKPOINT_PERIOD", "1000", "SOLVER.MAX_ITER", "100",
+                        "SOLVER.STEPS", "(80,)"],
                        cwd=ROOT, capture_output=True, text=True, env=env, timeout=1200)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "copypaste: AP,AP50,AP75,APs,APm,APl" in r.stdout + r.stderr
     final = [json.loads(x) for x in open(out / "metrics.json")][-1]
     print("CI-sized run, detectron2 engine:", {k: round(v, 2) for k, v in final.items() if k.startswith("bbox/AP")})
     assert "Training health: healthy" in r.stdout + r.stderr
-    # One thread, FP32, AVX2-only EPYC: AP50 37.9 after these 150 iterations (the torchvision engine's 80-id
-    # variant, also cut at 150, measured 20.1 on its harder data). No seed spread was measured at 150, where
-    # AP still climbs fast, so the bound is well below: it fails a run that diverged or learned nothing
-    # (untrained: < 1), not a seed.
-    assert final["bbox/AP50"] >= 20.0
+    # One thread, FP32, AVX2-only EPYC: AP50 19.2 after these 100 iterations (37.9 after 150 with the step at
+    # 120). No seed spread was measured at 100, where AP still climbs fast, so the bound is well below: it
+    # fails a run that diverged or learned nothing (untrained: < 1), not a seed.
+    assert final["bbox/AP50"] >= 8.0
 
 
 def test_a_cuda_config_on_a_cpu_is_one_error_naming_the_fix(tmp_path):
