@@ -84,8 +84,9 @@ def test_profile_attributes_the_step_to_the_detector_parts():
 
 
 def test_detector_eval_rows_count_the_graph_and_batch_the_export(tmp_path):
-    """detector-eval at batch 2: every row runs the two images in one call (the ONNX row exported for 2),
-    and the FLOPs counted on the exported graph are the same for every row and twice one image's."""
+    """detector-eval at batch 2: every row runs the two images in one call (the ONNX rows exported for 2),
+    and the FLOPs counted on the exported graph are the same for every row and twice one image's; the int8
+    row is labelled int8 and its share is of the int8 peak measured in the same run."""
     pytest.importorskip("onnxruntime", reason="pip install 'resnet_backbones[export]' (CI installs it)")
     from resnet_backbones.benchmark import detector_eval_gflop
 
@@ -93,12 +94,16 @@ def test_detector_eval_rows_count_the_graph_and_batch_the_export(tmp_path):
     config = "quick_schedules/faster_rcnn_R18_synthetic.yaml"
     proc = subprocess.run(
         [sys.executable, os.path.join(ROOT, "tools", "benchmark.py"), "--depths", "18", "--modes", "detector-eval",
-         "--eval-variants", "tv-engine", "tv-export-onnx", "--size", "64", "96", "--batch", "2", "--repeats", "1",
+         "--eval-variants", "tv-engine", "tv-export-onnx", "tv-export-onnx-int8", "--size", "64", "96", "--batch", "2", "--repeats", "1",
          "--warmup", "0", "--device", "cpu", "--detector-config", config, "--json", str(out)],
         capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = {r["variant"]: r for r in json.loads(out.read_text())["runs"]}
-    assert set(rows) == {"tv-engine", "tv-export-onnx"} and not any("error" in r for r in rows.values()), rows
+    assert set(rows) == {"tv-engine", "tv-export-onnx", "tv-export-onnx-int8"}, rows
+    assert not any("error" in r for r in rows.values()), rows
     one = detector_eval_gflop(18, (64, 96), config)
     assert one > 0 and all(abs(r["gflop"] - 2 * one) < 1e-6 * one for r in rows.values())
-    assert "% |" in "".join(line for line in proc.stdout.splitlines() if line.startswith("| detector-eval"))
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("| detector-eval")]
+    assert len(lines) == 3 and all("% |" in line for line in lines), lines
+    assert "| int8 (QDQ" in lines[2] and "int8" not in lines[1]
+    assert "int8" in proc.stdout.split("matmul peak")[1].splitlines()[0] and json.loads(out.read_text())["matmul_int8"] > 0

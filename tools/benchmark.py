@@ -73,7 +73,7 @@ import torch  # noqa: E402
 
 from resnet_backbones.benchmark import (DETECTOR_VARIANTS, EVAL_VARIANTS, MODES, VARIANTS, cpu_info,  # noqa: E402
                                         cpu_kind, describe, describe_cpu, detector_eval_gflop, half_dtype,
-                                        matmul_peak, run_isolated)
+                                        int8_matmul_peak, matmul_peak, run_isolated)
 from resnet_backbones.benchmark.machine import checkout_commit  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "benchmark_results.md")
@@ -205,6 +205,7 @@ def _run(args) -> int:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32  # the convs' precision
     peak32 = matmul_peak(device, torch.float32)
     peak16 = matmul_peak(device, half_dtype(device)) if native_bf16 else None
+    peak8 = int8_matmul_peak() if any(v.endswith("-int8") for v in eval_variants) else None
     cpu = cpu_info()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu["name"]
     print(f"device: {device} ({name}; {torch.get_num_threads()} threads), torch {torch.__version__}; input "
@@ -216,7 +217,8 @@ def _run(args) -> int:
               ("amp rows labelled emulated)" if args.emulated_bf16 else "amp rows skipped; --emulated-bf16 runs them)")))
     half_name = "fp16" if device.type == "cuda" else "bf16"
     print(f"matmul peak (2048^3, measured now): {'TF32' if device.type == 'cuda' else 'FP32'} {peak32:.0f} GFLOP/s"
-          + (f", {half_name} {peak16:.0f} GFLOP/s" if peak16 else f", {half_name} not measured (emulated)"))
+          + (f", {half_name} {peak16:.0f} GFLOP/s" if peak16 else f", {half_name} not measured (emulated)")
+          + (f", int8 {peak8:.0f} GOP/s (onnxruntime MatMulInteger, u8 x s8)" if peak8 else ""))
     print(f"architecture of every backbone row: ResNet-FPN, FrozenBN, FREEZE_AT 2, stride in the "
           f"{'1x1 (MSRA)' if args.stride_in_1x1 else '3x3 (torchvision)'}; detector rows: {args.detector_config}")
     print(f"ratio = reference median / row median (>1: faster); ratio range: the reference's fastest and slowest "
@@ -262,7 +264,7 @@ def _run(args) -> int:
                 gflop = r["gflop"]
                 if mode == "detector-eval":
                     # The detector's arithmetic against the matmul peak: how far any variant could still go.
-                    peak = peak16 if v.endswith("-amp") else peak32
+                    peak = peak16 if v.endswith("-amp") else peak8 if v.endswith("-int8") else peak32
                     rate = eval_gflop / r["median_s"]
                     rate_s = f"{rate:.0f} ({args.batch / r['median_s']:.2f} img/s)"
                     share = f"{100 * rate / peak:.0f}%" if peak else ""
@@ -285,7 +287,7 @@ def _run(args) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": str(device), "device_name": name, "native_bf16": native_bf16, "cpu": cpu,
-                       "matmul_fp32": peak32, "matmul_half": peak16, "stride_in_1x1": args.stride_in_1x1,
+                       "matmul_fp32": peak32, "matmul_half": peak16, "matmul_int8": peak8, "stride_in_1x1": args.stride_in_1x1,
                        "runs": records}, f, indent=1)
     return 0
 

@@ -10,7 +10,7 @@ import torch
 
 from .rows import build_backbone, build_detector, detector_eval, detector_step, half_dtype
 
-__all__ = ["measure", "run_isolated", "matmul_peak", "count_gflop", "detector_eval_gflop", "saved_activations_mb",
+__all__ = ["measure", "run_isolated", "matmul_peak", "int8_matmul_peak", "count_gflop", "detector_eval_gflop", "saved_activations_mb",
            "sync"]
 
 def _rss_bytes() -> int:
@@ -179,6 +179,33 @@ def matmul_peak(device, dtype, n=2048, repeats=5) -> float:
         t0 = time.perf_counter()
         a @ b
         sync(device)
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def int8_matmul_peak(n=2048, repeats=5):
+    """The int8 exports' matmul peak, GOP/s: onnxruntime's ``MatMulInteger`` (uint8 activations times a
+    constant int8 matrix, int32 sums, as the quantized convolutions' inner products) on the CPU, timed as
+    :func:`matmul_peak` times torch's. None without onnx and onnxruntime."""
+    try:
+        import numpy as np
+        import onnxruntime
+        from onnx import TensorProto, helper, numpy_helper
+    except ImportError:
+        return None
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.integers(-128, 128, (n, n), dtype=np.int8), "b")
+    graph = helper.make_graph([helper.make_node("MatMulInteger", ["a", "b"], ["c"])], "int8_matmul",
+                              [helper.make_tensor_value_info("a", TensorProto.UINT8, [n, n])],
+                              [helper.make_tensor_value_info("c", TensorProto.INT32, [n, n])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    feed = {"a": rng.integers(0, 256, (n, n), dtype=np.uint8)}
+    session.run(None, feed)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        session.run(None, feed)
         times.append(time.perf_counter() - t0)
     return 2 * n**3 / statistics.median(times) / 1e9
 

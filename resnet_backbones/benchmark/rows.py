@@ -23,9 +23,10 @@ VARIANTS = {
 }
 DETECTOR_VARIANTS = ("d2-engine", "d2-engine-amp", "tv-engine", "tv-engine-amp")
 EVAL_VARIANTS = ("d2-engine", "tv-engine", "tv-engine-opt", "tv-engine-opt-amp", "d2-engine-opt-amp",
-                 "tv-export-torchscript", "tv-export-onnx")
+                 "tv-export-torchscript", "tv-export-onnx", "tv-export-onnx-int8")
 # Exported with OPTIMIZE_FOR_INFERENCE (batch norms folded; resnet_backbones.export), run by their wrapper.
-EXPORT_FORMATS = {"tv-export-torchscript": "torchscript", "tv-export-onnx": "onnx"}
+EXPORT_FORMATS = {"tv-export-torchscript": "torchscript", "tv-export-onnx": "onnx",
+                  "tv-export-onnx-int8": "onnx-int8"}
 MODES = ("inference", "train", "detector", "detector-eval")
 
 
@@ -172,11 +173,15 @@ def detector_eval(variant: str, depth: int, size, batch: int, device, config: st
             raise ValueError(f"{variant}: the exported detectors run on the CPU only")
         folder = tempfile.mkdtemp(prefix="rb_export_")
         atexit.register(shutil.rmtree, folder, ignore_errors=True)
-        export_detector(cfg, model, folder, EXPORT_FORMATS[variant], batch_size=batch)
+        images = [(torch.rand(3, *size) * 255).to(device) for _ in range(batch)]
+        # int8: calibrated on the benchmark's own random images, which is enough for its speed (not its AP).
+        calibration = images if EXPORT_FORMATS[variant] == "onnx-int8" else None
+        export_detector(cfg, model, folder, EXPORT_FORMATS[variant], batch_size=batch,
+                        calibration_images=calibration, calibration_source="the benchmark's random images")
         runner = ExportedDetector(folder)
     else:
         runner = inference_runner(cfg, model, device)
-    images = [(torch.rand(3, *size) * 255).to(device) for _ in range(batch)]
+        images = [(torch.rand(3, *size) * 255).to(device) for _ in range(batch)]
     if variant.startswith("d2"):
         inputs = [{"image": im, "height": size[0], "width": size[1]} for im in images]
     else:
@@ -199,6 +204,8 @@ def describe(variant: str, mode: str, device, native_bf16: bool) -> tuple:
     if variant in EXPORT_FORMATS:
         runtime = "TorchScript" if EXPORT_FORMATS[variant] == "torchscript" else "ONNX in onnxruntime"
         fmt = "NHWC backbone" if EXPORT_FORMATS[variant] == "torchscript" else "onnxruntime's"
+        if EXPORT_FORMATS[variant] == "onnx-int8":
+            dtype = "int8 (QDQ; predictors, RoIAlign, NMS fp32)"
         return f"torchvision engine exported: {runtime} (OPTIMIZE_FOR_INFERENCE)", dtype, fmt, "no"
     if mode.startswith("detector"):
         engine = "detectron2 engine" if variant.startswith("d2") else "torchvision engine"
