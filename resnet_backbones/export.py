@@ -112,7 +112,7 @@ def export_detector(cfg, model: nn.Module, output_dir: str, fmt: str, class_name
         raise ConfigError(f"--batch-size {batch_size!r}: a whole number of images, 1 or more")
     if fmt == "onnx-int8" and not calibration_images:
         raise ConfigError("--format onnx-int8 needs calibration images: --calibrate N (the first N images of "
-                          "DATASETS.TRAIN; 64 were measured on the main job, README \"Export and deploy\")")
+                          "DATASETS.TRAIN; 64 were measured on the main job, README \"Export: TorchScript and ONNX\")")
     from .inference import inference_model
 
     os.makedirs(output_dir, exist_ok=True)
