@@ -158,7 +158,8 @@ def export_detector(cfg, model: nn.Module, output_dir: str, fmt: str, class_name
     return path
 
 
-_FP32_LAYERS = ("/cls_logits", "/bbox_pred", "/cls_score", "/mask_fcn_logits")
+# The int8 export's layers kept in FP32, by their ONNX node names (the predictors: _quantize_int8).
+FP32_LAYERS = ("/cls_logits", "/bbox_pred", "/cls_score", "/mask_fcn_logits")
 
 
 def _quantize_int8(fp32_path: str, path: str, transform, images: List[torch.Tensor], batch_size: int) -> dict:
@@ -194,7 +195,7 @@ def _quantize_int8(fp32_path: str, path: str, transform, images: List[torch.Tens
     # The predictors (the RPN's objectness and deltas, the box head's class scores and deltas, the mask
     # logits) stay FP32: a few small layers whose int8 rounding moves scores and boxes directly.
     keep = [node.name for node in onnx.load(fp32_path).graph.node
-            if node.op_type in ("Conv", "Gemm", "MatMul") and any(p in node.name for p in _FP32_LAYERS)]
+            if node.op_type in ("Conv", "Gemm", "MatMul") and any(p in node.name for p in FP32_LAYERS)]
     settings = {"quant_format": "QDQ", "op_types": ["Conv", "MatMul", "Gemm"], "weights": "int8, per channel",
                 "activations": "uint8, per tensor", "method": "MinMax", "images": len(images),
                 "fp32_layers": len(keep)}

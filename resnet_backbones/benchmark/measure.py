@@ -10,8 +10,8 @@ import torch
 
 from .rows import build_backbone, build_detector, detector_eval, detector_step, half_dtype
 
-__all__ = ["measure", "run_isolated", "matmul_peak", "int8_matmul_peak", "count_gflop", "detector_eval_gflop", "saved_activations_mb",
-           "sync"]
+__all__ = ["measure", "run_isolated", "matmul_peak", "int8_matmul_peak", "count_gflop", "detector_eval_gflop",
+           "saved_activations_mb", "sync"]
 
 def _rss_bytes() -> int:
     with open("/proc/self/statm") as f:

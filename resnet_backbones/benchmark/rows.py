@@ -162,6 +162,7 @@ def detector_eval(variant: str, depth: int, size, batch: int, device, config: st
         overrides += ["MODEL.RESNET_BACKBONES.INFERENCE_AMP", "True"]
     model, cfg = build_detector(variant[:2], depth, device, config, overrides)
     model.eval()
+    images = [(torch.rand(3, *size) * 255).to(device) for _ in range(batch)]
     if variant in EXPORT_FORMATS:
         import atexit
         import shutil
@@ -173,7 +174,6 @@ def detector_eval(variant: str, depth: int, size, batch: int, device, config: st
             raise ValueError(f"{variant}: the exported detectors run on the CPU only")
         folder = tempfile.mkdtemp(prefix="rb_export_")
         atexit.register(shutil.rmtree, folder, ignore_errors=True)
-        images = [(torch.rand(3, *size) * 255).to(device) for _ in range(batch)]
         # int8: calibrated on the benchmark's own random images, which is enough for its speed (not its AP).
         calibration = images if EXPORT_FORMATS[variant] == "onnx-int8" else None
         export_detector(cfg, model, folder, EXPORT_FORMATS[variant], batch_size=batch,
@@ -181,7 +181,6 @@ def detector_eval(variant: str, depth: int, size, batch: int, device, config: st
         runner = ExportedDetector(folder)
     else:
         runner = inference_runner(cfg, model, device)
-        images = [(torch.rand(3, *size) * 255).to(device) for _ in range(batch)]
     if variant.startswith("d2"):
         inputs = [{"image": im, "height": size[0], "width": size[1]} for im in images]
     else:
