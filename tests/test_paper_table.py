@@ -53,7 +53,7 @@ def test_refuses_runs_of_different_recipes_naming_the_keys(tmp_path):
                    "SOLVER.MAX_ITER", "800")
     c4 = fake_run(tmp_path / "c4", "quick_schedules/faster_rcnn_R50_C4_synthetic.yaml", 55.0, 30.0)
     r = paper_table(vgg, c4)
-    assert r.returncode == 2 and "SOLVER.MAX_ITER: 800 (VGG) vs 400 (ResNet)" in r.stderr
+    assert r.returncode == 2 and f"SOLVER.MAX_ITER: 800 ({vgg}) vs 400 ({c4})" in r.stderr
     assert "--allow-different-recipes" in r.stderr
     r = paper_table(vgg, c4, "--allow-different-recipes")
     assert r.returncode == 0 and "note: the recipes differ: SOLVER.MAX_ITER" in r.stdout
@@ -64,9 +64,28 @@ def test_bad_folders_are_errors(tmp_path):
     r = paper_table(c4, str(tmp_path / "missing"))
     assert r.returncode == 2 and "config.yaml not found" in r.stderr
     r = paper_table(c4, c4)
-    assert r.returncode == 2 and "need one VGG run" in r.stderr
+    assert r.returncode == 2 and "need at least one VGG run" in r.stderr
     vgg = fake_run(tmp_path / "vgg", "quick_schedules/faster_rcnn_VGG16_synthetic.yaml", 40.0, 20.0)
     with open(os.path.join(vgg, "metrics.json"), "w") as f:
         f.write(json.dumps({"iteration": 20, "total_loss": 1.0}) + "\n")
     r = paper_table(vgg, c4)
     assert r.returncode == 2 and "no bbox evaluation" in r.stderr
+
+
+def test_several_seeds_give_the_mean_and_spread_and_one_side_is_one_backbone(tmp_path):
+    """Table 8 in miniature from 3 seeds each: mean ± sample sd per backbone, the difference of the means; the
+    seeds' SEED and OUTPUT_DIR differ without being a recipe difference, a second ResNet is refused."""
+    vggs = [fake_run(tmp_path / f"vgg{s}", "quick_schedules/faster_rcnn_VGG16_synthetic.yaml", ap50, ap, "SEED", str(s))
+            for s, (ap50, ap) in enumerate([(40.0, 20.0), (42.0, 21.0), (44.0, 22.0)])]
+    c4s = [fake_run(tmp_path / f"c4{s}", "quick_schedules/faster_rcnn_R50_C4_synthetic.yaml", ap50, ap, "SEED", str(s))
+           for s, (ap50, ap) in enumerate([(50.0, 28.0), (54.0, 30.0), (58.0, 32.0)])]
+    r = paper_table(*c4s, *vggs)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert "| VGG-16 (0.25 of its width), 3 runs | 42.0 ± 2.0 | 21.0 ± 1.0 | VGG-16 | 41.5 | 21.2 |" in lines
+    assert "| ResNet-50 C4 (0.25 of its width), 3 runs | 54.0 ± 4.0 | 30.0 ± 2.0 | ResNet-101 | 48.4 | 27.2 |" in lines
+    assert "| difference of the means | +12.0 | +9.0 | | +6.9 | +6.0 |" in lines
+    assert "mean ± sample standard deviation" in r.stdout and r.stdout.count("SEED ") == 6
+    r18 = fake_run(tmp_path / "r18", "quick_schedules/faster_rcnn_R18_synthetic.yaml", 60.0, 40.0)
+    r = paper_table(*vggs, c4s[0], r18, "--allow-different-recipes")
+    assert r.returncode == 2 and "different backbones" in r.stderr

@@ -1,21 +1,23 @@
 #!/usr/bin/env python
 """The ResNet paper's COCO detection table (He et al. 2016, Table 8: Faster R-CNN with VGG-16 against
-ResNet-101 on COCO val) from two of your runs: a VGG-16 run and a ResNet run of the same recipe.
+ResNet-101 on COCO val) from your runs: VGG-16 runs and ResNet runs of the same recipe.
 
     python tools/paper_table.py output/faster_rcnn_VGG16 output/faster_rcnn_R101_C4
-    python tools/paper_table.py output/vgg16_synthetic output/r50_c4_synthetic      # the CPU miniature
+    python tools/paper_table.py output/vgg16_s{0,1,2} output/r50_c4_s{0,1,2}   # the CPU miniature, 3 seeds each
 
 Each argument is a training run's OUTPUT_DIR (either engine): its ``config.yaml`` says which backbone it
 is, and the last evaluation in its ``metrics.json`` gives bbox AP50 and AP (COCO's mAP@.5 and
-mAP@[.5,.95], in percent). It prints both runs beside the paper's numbers, with the difference, and
-refuses two runs whose recipes differ outside the backbone and its head (schedule, image sizes, anchors,
-RPN, ROI sampling, datasets), naming the keys; ``--allow-different-recipes`` prints them anyway, with the
-keys listed. Runs not evaluated on COCO are labelled as what they are: not the paper's experiment.
+mAP@[.5,.95], in percent). It prints the runs beside the paper's numbers, with the difference; with
+several runs of a backbone (seeds), their mean and sample standard deviation. It refuses runs whose
+recipes differ outside the backbone, its head and the seed (schedule, image sizes, anchors, RPN, ROI
+sampling, datasets), naming the keys; ``--allow-different-recipes`` prints them anyway, with the keys
+listed. Runs not evaluated on COCO are labelled as what they are: not the paper's experiment.
 Exit status 0, or 2 with an error.
 """
 import argparse
 import json
 import os
+import statistics
 import sys
 from typing import Dict, List, Tuple
 
@@ -99,39 +101,53 @@ def recipe_differences(a: Dict[str, object], b: Dict[str, object]) -> List[Tuple
             if not k.startswith(BACKBONE_KEYS) and a.get(k) != b.get(k)]
 
 
-def table(vgg: dict, resnet: dict) -> str:
-    datasets = vgg["cfg"].get("DATASETS.TEST", [])
+def _summary(runs: List[dict], key: str) -> Tuple[float, str]:
+    """The mean of ``key`` over the runs and its cell: the value, or ``mean ± sd`` over several runs."""
+    values = [r[key] for r in runs]
+    mean = statistics.fmean(values)
+    return mean, f"{mean:.1f}" if len(values) == 1 else f"{mean:.1f} ± {statistics.stdev(values):.1f}"
+
+
+def table(vggs: List[dict], resnets: List[dict]) -> str:
+    datasets = vggs[0]["cfg"].get("DATASETS.TEST", [])
     on_coco = bool(datasets) and all(str(d) in COCO_VAL for d in datasets)
     rows = [
         "| backbone | mAP@.5 | mAP@[.5,.95] | paper's backbone | paper mAP@.5 | paper mAP@[.5,.95] |",
         "|---|---|---|---|---|---|",
     ]
-    for run, paper in ((vgg, "VGG-16"), (resnet, "ResNet-101")):
-        rows.append(f"| {backbone_label(run['cfg'])} | {run['AP50']:.1f} | {run['AP']:.1f} | {paper} "
-                    f"| {PAPER[paper]['AP50']:.1f} | {PAPER[paper]['AP']:.1f} |")
-    d50, d = resnet["AP50"] - vgg["AP50"], resnet["AP"] - vgg["AP"]
+    means = {}
+    for runs, paper in ((vggs, "VGG-16"), (resnets, "ResNet-101")):
+        (m50, c50), (m, c) = _summary(runs, "AP50"), _summary(runs, "AP")
+        means[paper] = (m50, m)
+        label = backbone_label(runs[0]["cfg"]) + (f", {len(runs)} runs" if len(runs) > 1 else "")
+        rows.append(f"| {label} | {c50} | {c} | {paper} | {PAPER[paper]['AP50']:.1f} | {PAPER[paper]['AP']:.1f} |")
+    d50, d = means["ResNet-101"][0] - means["VGG-16"][0], means["ResNet-101"][1] - means["VGG-16"][1]
     p50 = PAPER["ResNet-101"]["AP50"] - PAPER["VGG-16"]["AP50"]
     p = PAPER["ResNet-101"]["AP"] - PAPER["VGG-16"]["AP"]
-    rows.append(f"| difference | {d50:+.1f} | {d:+.1f} | | {p50:+.1f} | {p:+.1f} |")
-    rel = f"{100 * d / vgg['AP']:+.0f} %" if vgg["AP"] > 0 else "n/a"
+    rows.append(f"| difference{' of the means' if len(vggs) + len(resnets) > 2 else ''} | {d50:+.1f} | {d:+.1f} "
+                f"| | {p50:+.1f} | {p:+.1f} |")
+    rel = f"{100 * d / means['VGG-16'][1]:+.0f} %" if means["VGG-16"][1] > 0 else "n/a"
     rows.append(f"| relative (mAP@[.5,.95]) | | {rel} | | | {100 * p / PAPER['VGG-16']['AP']:+.0f} % |")
     head = ("He et al. 2016, Table 8 (Faster R-CNN, COCO val) beside these runs, evaluated on "
             f"{', '.join(map(str, datasets)) or 'DATASETS.TEST'}")
     if not on_coco:
         head += (". These runs are a miniature of the experiment, on other data and at another scale: "
                  "compare their difference with the paper's, not their numbers")
+    if len(vggs) + len(resnets) > 2:
+        head += ". Several runs of a backbone: mean ± sample standard deviation"
     lines = [head + ":", ""] + rows + [""]
-    for run in (vgg, resnet):
-        lines.append(f"- {backbone_label(run['cfg'])}: {run['folder']} (evaluated at iteration {run['iteration']})")
+    for run in vggs + resnets:
+        lines.append(f"- {backbone_label(run['cfg'])}: {run['folder']} (SEED {run['cfg'].get('SEED')}, evaluated at "
+                     f"iteration {run['iteration']}; AP50 {run['AP50']:.1f}, AP {run['AP']:.1f})")
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("runs", nargs=2, metavar="RUN_DIR",
-                   help="the OUTPUT_DIRs of a VGG-16 run and a ResNet run (any order)")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR",
+                   help="the OUTPUT_DIRs of VGG-16 runs and ResNet runs (any order; several of each: seeds)")
     p.add_argument("--allow-different-recipes", action="store_true",
-                   help="print the table even if the two recipes differ outside the backbone (the keys are listed)")
+                   help="print the table even if the recipes differ outside the backbone (the keys are listed)")
     args = p.parse_args(argv)
     try:
         runs = [read_run(folder) for folder in args.runs]
@@ -139,20 +155,29 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     vggs = [r for r in runs if is_vgg(r["cfg"])]
-    if len(vggs) != 1:
-        print(f"error: need one VGG run (MODEL.BACKBONE.NAME build_resnet_backbones_vgg_backbone) and one ResNet "
-              f"run; got {len(vggs)} VGG run(s) in {args.runs}", file=sys.stderr)
+    resnets = [r for r in runs if not is_vgg(r["cfg"])]
+    if not vggs or not resnets:
+        print(f"error: need at least one VGG run (MODEL.BACKBONE.NAME build_resnet_backbones_vgg_backbone) and one "
+              f"ResNet run; got {len(vggs)} VGG and {len(resnets)} ResNet run(s) in {args.runs}", file=sys.stderr)
         return 2
-    vgg, resnet = vggs[0], [r for r in runs if r is not vggs[0]][0]
-    differences = recipe_differences(vgg["cfg"], resnet["cfg"])
+    for group in (vggs, resnets):
+        labels = sorted({backbone_label(r["cfg"]) for r in group})
+        if len(labels) > 1:
+            print(f"error: the runs of one side are different backbones ({', '.join(labels)}): give the runs (seeds) "
+                  "of one VGG and one ResNet", file=sys.stderr)
+            return 2
+    differences = []
+    for other in runs[1:]:
+        for k, a, b in recipe_differences(vggs[0]["cfg"], other["cfg"]):
+            differences.append(f"{k}: {a!r} ({vggs[0]['folder']}) vs {b!r} ({other['folder']})")
     if differences:
-        listed = "; ".join(f"{k}: {a!r} (VGG) vs {b!r} (ResNet)" for k, a, b in differences)
+        listed = "; ".join(differences)
         if not args.allow_different_recipes:
-            print(f"error: the two runs differ outside the backbone, so the table would not compare backbones: "
-                  f"{listed}. Train both with the same recipe, or pass --allow-different-recipes", file=sys.stderr)
+            print(f"error: the runs differ outside the backbone, so the table would not compare backbones: "
+                  f"{listed}. Train them with the same recipe, or pass --allow-different-recipes", file=sys.stderr)
             return 2
         print(f"note: the recipes differ: {listed}\n")
-    print(table(vgg, resnet))
+    print(table(vggs, resnets))
     return 0
 
 
