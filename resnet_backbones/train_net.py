@@ -27,7 +27,7 @@ from .d2 import detectron2_available
 from .data import check_dataset_files
 from .data.loader_errors import original_message
 from .errors import ConfigError, DatasetError, ResultsVerificationError, TrainingInterrupted, WeightsError
-from .hints import random_frozen_bn_warning
+from .hints import c4_from_scratch_warning, random_frozen_bn_warning
 
 
 def parse_args(argv=None):
@@ -122,12 +122,14 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"engine: {engine}; config: {path}", flush=True)
-    warning = None if args.eval_only else random_frozen_bn_warning(
-        cfg.MODEL.RESNETS.NORM, bool(cfg.MODEL.WEIGHTS) or bool(args.resume and last_checkpoint(cfg.OUTPUT_DIR)),
-        norm_key="MODEL.RESNETS.NORM", weights_key="MODEL.WEIGHTS",
-        fix="MODEL.RESNETS.NORM BN (or SyncBN, GN) and MODEL.BACKBONE.FREEZE_AT 0, as "
-            "quick_schedules/Base-synthetic.yaml")
-    if warning:
+    loads_weights = bool(cfg.MODEL.WEIGHTS) or bool(args.resume and last_checkpoint(cfg.OUTPUT_DIR))
+    warnings = [] if args.eval_only else [
+        random_frozen_bn_warning(cfg.MODEL.RESNETS.NORM, loads_weights, norm_key="MODEL.RESNETS.NORM",
+                                 weights_key="MODEL.WEIGHTS",
+                                 fix="MODEL.RESNETS.NORM BN (or SyncBN, GN) and MODEL.BACKBONE.FREEZE_AT 0, as "
+                                     "quick_schedules/Base-synthetic.yaml"),
+        c4_from_scratch_warning(cfg.MODEL.ROI_HEADS.NAME, loads_weights)]
+    for warning in filter(None, warnings):
         print(f"warning: {warning}", file=sys.stderr, flush=True)
     if engine == "detectron2":
         from .d2.train import launch_detectron2

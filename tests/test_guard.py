@@ -153,6 +153,26 @@ def test_train_net_warns_before_training_a_random_frozen_bn(monkeypatch, capsys,
         assert "MODEL.RESNETS.NORM BN" in err and "MODEL.BACKBONE.FREEZE_AT 0" in err
 
 
+@pytest.mark.parametrize("opts,warns", [
+    ([], True),                                                          # C4 from random weights
+    (["MODEL.WEIGHTS", "output/pretrain/R-50_C4_synthetic/model_final_backbone.pth"], False),
+])
+def test_train_net_warns_before_training_c4_from_scratch(monkeypatch, capsys, tmp_path, opts, warns):
+    """The C4 quick schedule without MODEL.WEIGHTS gets a warning naming the pretraining command; with weights
+    (not read here: the launch is replaced) none; the FPN quick schedule gets none (the test above)."""
+    import resnet_backbones.tv
+    from resnet_backbones import train_net
+
+    monkeypatch.setattr(resnet_backbones.tv, "launch", lambda *args, **kwargs: None)
+    argv = ["--config", "quick_schedules/faster_rcnn_R50_C4_synthetic.yaml", "--engine", "torchvision", *opts,
+            "OUTPUT_DIR", str(tmp_path)]
+    assert train_net.main(argv) == 0
+    err = capsys.readouterr().err
+    assert ("warning: training the C4 detector (MODEL.ROI_HEADS.NAME=Res5ROIHeads) from random weights" in err) is warns
+    if warns:
+        assert "python tools/pretrain_net.py --config pretrain/R-50_C4_synthetic.yaml" in err
+
+
 def test_torchvision_engine_stops_on_a_spike_before_checkpointing(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="resnet_backbones")
     trainer = Trainer(tiny_cfg(tmp_path, *GUARDED))
