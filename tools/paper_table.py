@@ -9,8 +9,8 @@ Each argument is a training run's OUTPUT_DIR (either engine): its ``config.yaml`
 is, and the last evaluation in its ``metrics.json`` gives bbox AP50 and AP (COCO's mAP@.5 and
 mAP@[.5,.95], in percent). It prints the runs beside the paper's numbers, with the difference; with
 several runs of a backbone (seeds), their mean and sample standard deviation. It refuses runs whose
-recipes differ outside the backbone, its head and the seed (schedule, image sizes, anchors, RPN, ROI
-sampling, datasets), naming the keys; ``--allow-different-recipes`` prints them anyway, with the keys
+recipes differ outside the backbone, its head and the random seed (schedule, image sizes, anchors, RPN,
+ROI sampling, datasets), naming the keys; ``--allow-different-recipes`` prints them anyway, with the keys
 listed. Runs not evaluated on COCO are labelled as what they are: not the paper's experiment.
 Exit status 0, or 2 with an error.
 """

@@ -28,7 +28,7 @@ logger = logging.getLogger("resnet_backbones")
 
 
 def iteration_seed(seed: int, iteration: int, rank: int = 0) -> int:
-    """The seed of torch's generator for one training iteration on one rank (``Trainer.run_step``):
+    """The random seed of torch's generator for one training iteration on one rank (``Trainer.run_step``):
     every draw of an iteration follows from (SEED, iteration, rank), so ``--resume`` is exact."""
     return (seed * 1_000_003 + iteration) * 1009 + rank
 
