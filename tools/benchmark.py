@@ -287,8 +287,8 @@ def _run(args) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": str(device), "device_name": name, "native_bf16": native_bf16, "cpu": cpu,
-                       "matmul_fp32": peak32, "matmul_half": peak16, "matmul_int8": peak8, "stride_in_1x1": args.stride_in_1x1,
-                       "runs": records}, f, indent=1)
+                       "matmul_fp32": peak32, "matmul_half": peak16, "matmul_int8": peak8,
+                       "stride_in_1x1": args.stride_in_1x1, "runs": records}, f, indent=1)
     return 0
 
 

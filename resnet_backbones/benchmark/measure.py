@@ -169,18 +169,26 @@ def measure(variant: str, mode: str, depth: int, size, batch: int, device_name: 
         queue.put({"error": f"{type(e).__name__}: {e}"})
 
 
-def matmul_peak(device, dtype, n=2048, repeats=5) -> float:
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    a @ b
-    sync(device)
+def _matmul_rate(run, n: int, repeats: int) -> float:
+    """G(FL)OP/s of ``run``, one n x n x n matrix product that returns when done: a warm-up call, then the
+    median of ``repeats`` timed calls."""
+    run()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        a @ b
-        sync(device)
+        run()
         times.append(time.perf_counter() - t0)
     return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def matmul_peak(device, dtype, n=2048, repeats=5) -> float:
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+
+    def run():
+        a @ b
+        sync(device)
+    return _matmul_rate(run, n, repeats)
 
 
 def int8_matmul_peak(n=2048, repeats=5):
@@ -201,13 +209,7 @@ def int8_matmul_peak(n=2048, repeats=5):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     feed = {"a": rng.integers(0, 256, (n, n), dtype=np.uint8)}
-    session.run(None, feed)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        session.run(None, feed)
-        times.append(time.perf_counter() - t0)
-    return 2 * n**3 / statistics.median(times) / 1e9
+    return _matmul_rate(lambda: session.run(None, feed), n, repeats)
 
 
 def run_isolated(*args, profile: bool = False) -> dict:
